@@ -1,0 +1,1 @@
+"""Training presets shipped as JSON files (see rnca_nnunet.config.load_preset)."""

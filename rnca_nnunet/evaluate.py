@@ -1,0 +1,113 @@
+"""Evaluate prediction folders against reference labels, and compare a refined folder with its base."""
+from __future__ import annotations
+
+import json
+import os
+from multiprocessing import get_context
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
+from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
+from rnca_nnunet.data import InputError
+from rnca_nnunet.files import atomic_path
+from rnca_nnunet.metrics import case_metrics, mean_metrics
+
+COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "assd", "hd95", "broken")
+
+
+def _file_ending(folder: str) -> str:
+    for ending in (".nii.gz", ".nrrd", ".mha", ".nii", ".png", ".tif", ".tiff", ".bmp"):
+        if subfiles(folder, suffix=ending):
+            return ending
+    raise InputError(f"no label files in {folder}; expected .nii.gz, .png, .tif, ... files")
+
+
+def _classes(folders: Sequence[str], reference_files: Sequence[str], reader) -> Dict[str, List[int]]:
+    """Class names from a dataset.json beside the predictions (nnU-Net writes one), else the label values."""
+    for folder in folders:
+        if isfile(join(folder, "dataset.json")):
+            from rnca_nnunet.state import LabelSemantics
+
+            dataset = load_json(join(folder, "dataset.json"))
+            return LabelSemantics(dataset["labels"], dataset.get("regions_class_order")).classes
+    values = sorted({int(v) for f in reference_files for v in np.unique(reader.read_seg(f)[0]) if v > 0})
+    return {f"label_{v}": [v] for v in values}
+
+
+def _evaluate_case(args) -> Dict:
+    reference_file, prediction_files, classes, reader_class = args
+    reader = reader_class()
+    reference, properties = reader.read_seg(reference_file)
+    entry = {"case": os.path.basename(reference_file)}
+    for key, path in prediction_files.items():
+        prediction, _ = reader.read_seg(path)
+        entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], classes)
+    return entry
+
+
+def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_processes: int = 2) -> Dict:
+    """Per-case and mean metrics of each prediction folder (`{"base": folder, "refined": folder}`)."""
+    ending = _file_ending(reference_folder)
+    references = subfiles(reference_folder, suffix=ending, sort=True)
+    pairs = []
+    for reference in references:
+        name = os.path.basename(reference)
+        files = {key: join(folder, name) for key, folder in predictions.items()}
+        missing = [f for f in files.values() if not isfile(f)]
+        if missing:
+            raise InputError(f"{missing[0]} not found: every reference case needs a prediction of the same name")
+        pairs.append((reference, files))
+    reader_class = determine_reader_writer_from_file_ending(ending, references[0], verbose=False)
+    classes = _classes(list(predictions.values()), references, reader_class())
+    jobs = [(r, f, classes, reader_class) for r, f in pairs]
+    if num_processes > 1:
+        with get_context("spawn").Pool(num_processes) as pool:
+            per_case = pool.map(_evaluate_case, jobs)
+    else:
+        per_case = [_evaluate_case(j) for j in jobs]
+    summary = {"per_case": per_case, "mean": {k: mean_metrics([c[k] for c in per_case]) for k in predictions}}
+    if "base" in predictions and "refined" in predictions:
+        summary["repair"] = repair_rates(per_case)
+    return summary
+
+
+def repair_rates(per_case: Sequence[Dict]) -> Dict[str, Dict[str, float]]:
+    """Per class: share of broken base cases that the refinement made intact, and of intact ones it broke."""
+    rates = {}
+    for name in per_case[0]["base"]:
+        broken = [c for c in per_case if c["base"][name]["broken"]]
+        intact = [c for c in per_case if not c["base"][name]["broken"]]
+        rates[name] = {
+            "broken_before": len(broken),
+            "repaired_share": float(np.mean([not c["refined"][name]["broken"] for c in broken])) if broken else 0.0,
+            "newly_broken_share": float(np.mean([c["refined"][name]["broken"] for c in intact])) if intact else 0.0,
+        }
+    return rates
+
+
+def format_table(summary: Dict, title: Optional[str] = None) -> str:
+    """A markdown table: one row per prediction folder and class, plus relative change when refined."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| prediction | class | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
+    means = summary["mean"]
+    for key, per_class in means.items():
+        for name, m in per_class.items():
+            lines.append(f"| {key} | {name} | " + " | ".join(f"{m[c]:.3f}" for c in COLUMNS) + " |")
+    if "base" in means and "refined" in means:
+        for name in means["base"]:
+            b, r = means["base"][name], means["refined"][name]
+            change = [f"{100 * (r[c] - b[c]) / b[c]:+.0f}%" if b[c] else f"{r[c] - b[c]:+.3f}" for c in COLUMNS]
+            lines.append(f"| change | {name} | " + " | ".join(change) + " |")
+        for name, rate in summary["repair"].items():
+            lines.append(f"\n{name}: {rate['broken_before']} broken cases before, "
+                         f"{100 * rate['repaired_share']:.0f}% repaired; "
+                         f"{100 * rate['newly_broken_share']:.0f}% of intact cases broken by the refinement")
+    return "\n".join(lines)
+
+
+def save_summary(summary: Dict, path: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(summary, handle, indent=2)

@@ -1,0 +1,98 @@
+"""The rNCA rule: fixed perception, a tiny per-cell update network, alive masking, the step loop.
+
+One class serves 2D and 3D (`ndim`). The state is (B, mask_channels + hidden_channels, *spatial);
+its first `mask_channels` channels are foreground probabilities. Nothing here knows nnU-Net.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RuleShape:
+    """Everything needed to rebuild the network (stored in rnca.json)."""
+
+    ndim: int
+    context_channels: int  # image channels + initial mask channels, seen through a 3^n conv
+    mask_channels: int
+    hidden_channels: int = 12
+    update_width: int = 96
+    alive_threshold: float = 0.1
+
+    @property
+    def state_channels(self) -> int:
+        return self.mask_channels + self.hidden_channels
+
+
+def _perception_kernels(ndim: int) -> torch.Tensor:
+    """Identity plus one Sobel gradient per axis, each normalised by its sum of absolute weights."""
+    smooth, diff = torch.tensor([1.0, 2.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0])
+    identity = torch.zeros((3,) * ndim)
+    identity[(1,) * ndim] = 1.0
+    kernels = [identity]
+    for axis in range(ndim):
+        factors = [diff if a == axis else smooth for a in range(ndim)]
+        kernel = factors[0]
+        for factor in factors[1:]:
+            kernel = torch.tensordot(kernel, factor, dims=0)
+        kernels.append(kernel / kernel.abs().sum())
+    return torch.stack(kernels)
+
+
+class RNCA(nn.Module):
+    """A refinement neural cellular automaton; `forward` runs `steps` updates from an initial state."""
+
+    def __init__(self, shape: RuleShape):
+        super().__init__()
+        self.shape = shape
+        n, s = shape.ndim, shape.state_channels
+        conv = nn.Conv2d if n == 2 else nn.Conv3d
+        kernels = _perception_kernels(n)
+        self.register_buffer("perception_kernels", kernels.repeat(s, *([1] * n)).unsqueeze(1), persistent=False)
+        perception_width = s * kernels.shape[0]
+        self.context = conv(shape.context_channels, perception_width, 3, padding=1)
+        self.update_in = conv(2 * perception_width, shape.update_width, 1)
+        self.update_out = conv(shape.update_width, s, 1, bias=False)
+        nn.init.zeros_(self.update_out.weight)
+        self._conv = F.conv2d if n == 2 else F.conv3d
+        self._max_pool = F.max_pool2d if n == 2 else F.max_pool3d
+
+    def initial_state(self, mask: torch.Tensor) -> torch.Tensor:
+        """Mask channels hold the base prediction; hidden channels start at zero."""
+        hidden = mask.new_zeros((mask.shape[0], self.shape.hidden_channels, *mask.shape[2:]))
+        return torch.cat([mask, hidden], 1)
+
+    def alive(self, state: torch.Tensor) -> torch.Tensor:
+        """Cells near any foreground: only they may change; all others are background."""
+        foreground = state[:, : self.shape.mask_channels].amax(1, keepdim=True)
+        return self._max_pool(foreground, 3, stride=1, padding=1) > self.shape.alive_threshold
+
+    def step(self, state: torch.Tensor, context: torch.Tensor, fire_rate: float) -> torch.Tensor:
+        """One synchronous update; in training each cell fires with probability `fire_rate`."""
+        alive_before = self.alive(state)
+        perceived = self._conv(state, self.perception_kernels, padding=1, groups=state.shape[1])
+        delta = self.update_out(torch.relu(self.update_in(torch.cat([perceived, context], 1))))
+        if self.training and fire_rate < 1.0:
+            fires = torch.rand_like(state[:, :1]) < fire_rate
+            delta = delta * fires / fire_rate
+        state = state + delta
+        return state * (alive_before & self.alive(state))
+
+    def forward(self, state: torch.Tensor, context_input: torch.Tensor, steps: int,
+                fire_rate: float = 1.0) -> torch.Tensor:
+        context = self.context(context_input)
+        for _ in range(steps):
+            state = self.step(state, context, fire_rate)
+        return state
+
+    def receptive_radius(self, steps: int) -> int:
+        """How far (in cells) a result can depend on its input: the halo a tile needs."""
+        return 2 * steps + 1
+
+    @staticmethod
+    def read_mask(state: torch.Tensor, mask_channels: int) -> torch.Tensor:
+        return state[:, :mask_channels].clamp(0.0, 1.0)
