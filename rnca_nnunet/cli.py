@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from rnca_nnunet.data import InputError
+from rnca_nnunet.errors import InputError
 
 
 def _friendly_errors(main: Callable[[], None]) -> Callable[[], None]:
@@ -198,3 +198,13 @@ def evaluate_entry_point() -> None:
     print(format_table(summary))
     if args.o:
         save_summary(summary, args.o)
+
+
+def demo_entry_point(argv: Optional[List[str]] = None) -> None:
+    from rnca_nnunet.demo import run_demo
+
+    parser = argparse.ArgumentParser(description="Run the CPU demo end to end and print a before/after table.")
+    parser.add_argument("--out", default="demo_output", help="work folder (default demo_output)")
+    parser.add_argument("--rnca_iterations", type=int, default=600, help="rNCA training iterations")
+    args = parser.parse_args(argv)
+    run_demo(args.out, rnca_iterations=args.rnca_iterations)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from typing import List, Optional
 
-from rnca_nnunet.data import InputError
+from rnca_nnunet.errors import InputError
 
 
 @dataclass

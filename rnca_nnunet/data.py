@@ -15,11 +15,8 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from rnca_nnunet.errors import InputError
 from rnca_nnunet.state import LabelSemantics, Normalisation, mask_from_probabilities, target_from_label
-
-
-class InputError(Exception):
-    """Bad user input: the message is one line that names the file and the fix."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
-from rnca_nnunet.data import InputError
+from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.metrics import case_metrics, mean_metrics
 
@@ -43,6 +43,9 @@ def _evaluate_case(args) -> Dict:
     entry = {"case": os.path.basename(reference_file)}
     for key, path in prediction_files.items():
         prediction, _ = reader.read_seg(path)
+        if prediction.shape != reference.shape:
+            raise InputError(f"{path}: shape {prediction.shape[1:]} differs from the reference {reference_file} "
+                             f"{reference.shape[1:]}; predictions must be in the reference's image space")
         entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], classes)
     return entry
 

@@ -17,7 +17,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_pickle
 
-from rnca_nnunet.data import InputError, ModelFolder, image_files, read_probabilities
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.data import ModelFolder, image_files, read_probabilities
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.registry import Refiner
 

@@ -18,7 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rnca_nnunet.data import InputError, ModelFolder
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.state import (LabelSemantics, Normalisation, mask_from_probabilities, probabilities_from_mask,
                                segmentation_from_mask)

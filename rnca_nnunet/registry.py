@@ -16,7 +16,8 @@ from typing import Dict, Optional, Protocol, Tuple
 import numpy as np
 import torch
 
-from rnca_nnunet.data import InputError, ModelFolder
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.data import ModelFolder
 
 ENTRY_POINT_GROUP = "rnca_nnunet.refiners"
 

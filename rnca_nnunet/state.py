@@ -14,6 +14,8 @@ import numpy as np
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
+from rnca_nnunet.errors import InputError
+
 Region = Union[int, Tuple[int, ...]]
 
 
@@ -54,7 +56,7 @@ def mask_from_probabilities(probabilities: np.ndarray, semantics: LabelSemantics
     """nnU-Net probabilities (C, *spatial) -> foreground mask channels (K, *spatial)."""
     expected = semantics.mask_channels + (0 if semantics.has_regions else 1)
     if probabilities.shape[0] != expected:
-        raise ValueError(f"probabilities have {probabilities.shape[0]} channels, the label set needs {expected}")
+        raise InputError(f"probabilities have {probabilities.shape[0]} channels, the label set needs {expected}; use the probabilities of the model the refiner belongs to")
     foreground = probabilities if semantics.has_regions else probabilities[1:]
     return np.ascontiguousarray(foreground, dtype=np.float32)
 
@@ -99,13 +101,13 @@ class Normalisation:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.shape[0] != len(self.schemes):
-            raise ValueError(f"image has {image.shape[0]} channels, the refiner was trained with {len(self.schemes)}")
+            raise InputError(f"image has {image.shape[0]} channels, the refiner was trained with {len(self.schemes)}; use the refiner of this dataset")
         out = np.empty(image.shape, np.float32)
         for c, scheme in enumerate(self.schemes):
             normaliser_class = recursive_find_python_class(join(nnunetv2.__path__[0], "preprocessing", "normalization"),
                                                            scheme, "nnunetv2.preprocessing.normalization")
             if normaliser_class is None:
-                raise ValueError(f"unknown nnU-Net normalisation scheme '{scheme}'")
+                raise InputError(f"unknown nnU-Net normalisation scheme '{scheme}' in rnca.json; retrain the refiner")
             normaliser = normaliser_class(use_mask_for_norm=False,
                                           intensityproperties=self.intensity_properties.get(str(c), {}))
             out[c] = normaliser.run(image[c].astype(np.float32, copy=True))

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.corrupt import corrupt_mask
-from rnca_nnunet.data import InputError, ModelFolder, TrainingCase, find_cv_predictions, load_training_case
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.data import ModelFolder, TrainingCase, find_cv_predictions, load_training_case
 from rnca_nnunet.metrics import case_metrics, mean_metrics
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
@@ -178,7 +179,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         optimiser.step()
         schedule.step()
         pool["state"][index] = state.detach()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if val_cases and (iteration % config.validate_every == 0 or iteration == config.iterations):
             model.eval()
             result = validate(refiner, val_cases, iteration)

@@ -1,0 +1,73 @@
+"""Shared fixtures: real nnU-Net v2 runs (plan, preprocess, short CPU training, --npz CV output)
+on small generated datasets. Built once per session; every test that needs a model reuses them."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Dict, List
+
+import pytest
+
+from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
+from rnca_nnunet.synthetic import write_dataset
+
+TEST_TRAINER = "nnUNetTrainer_rncaTest"
+
+
+@dataclass
+class NnunetModel:
+    env: Dict[str, str]
+    raw_dataset: str
+    model_folder: str
+    dataset_id: int
+    configuration: str
+
+    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A console script of this project or of nnU-Net, in this model's environment."""
+        result = subprocess.run(list(command), env=self.env, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                                 f"{result.stderr[-3000:]}")
+        return result
+
+    def predict_args(self, images: str, out: str, folds: List[str]) -> List[str]:
+        return ["-i", images, "-o", out, "-d", str(self.dataset_id), "-c", self.configuration, "-tr", TEST_TRAINER,
+                "-f", *folds, "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"]
+
+
+def _environment(root: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(nnUNet_raw=os.path.join(root, "raw"), nnUNet_preprocessed=os.path.join(root, "preprocessed"),
+               nnUNet_results=os.path.join(root, "results"), nnUNet_extTrainer=TRAINER_FOLDER,
+               nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _train_model(root: str, kind: str, dataset_id: int, configuration: str, cases: int, test_cases: int,
+                 folds: List[int]) -> NnunetModel:
+    env = _environment(root)
+    raw = write_dataset(kind, env["nnUNet_raw"], dataset_id, cases, test_cases, seed=dataset_id)
+    model = NnunetModel(env, raw, "", dataset_id, configuration)
+    model.run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "1")
+    for fold in folds:
+        model.run(sys.executable, "-c", "import sys, torch; from nnunetv2.run.run_training import run_training; "
+                  "run_training(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], "
+                  "export_validation_probabilities=True, device=torch.device('cpu'))",
+                  str(dataset_id), configuration, str(fold), TEST_TRAINER)
+    name = os.path.basename(raw)
+    model.model_folder = os.path.join(env["nnUNet_results"], name, f"{TEST_TRAINER}__nnUNetPlans__{configuration}")
+    return model
+
+
+@pytest.fixture(scope="session")
+def vessel_model(tmp_path_factory) -> NnunetModel:
+    """2D vessels, folds 0 and 1 of a real nnU-Net trained for a few dozen iterations."""
+    return _train_model(str(tmp_path_factory.mktemp("nnunet2d")), "vessels2d", 901, "2d", 10, 3, [0, 1])
+
+
+@pytest.fixture(scope="session")
+def cardiac3d_model(tmp_path_factory) -> NnunetModel:
+    """3D multi-class cardiac stacks, fold 0 of a real 3d_fullres nnU-Net."""
+    return _train_model(str(tmp_path_factory.mktemp("nnunet3d")), "cardiac3d", 902, "3d_fullres", 6, 2, [0])

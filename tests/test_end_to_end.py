@@ -1,0 +1,135 @@
+"""The whole product path on real nnU-Net output: train the refiner from --npz CV predictions,
+predict with and without --refiner, drop the refiner folder into another model folder."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+from rnca_nnunet.data import read_model_folder
+from rnca_nnunet.refiner import RNCARefiner
+
+from conftest import TEST_TRAINER
+
+
+@pytest.fixture(scope="module")
+def trained_vessel_refiner(vessel_model):
+    vessel_model.run("nnUNetv2_train_rnca", str(vessel_model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER,
+                     "-device", "cpu", "--iterations", "6", "--disable_progress_bar")
+    return vessel_model
+
+
+def test_refiner_folder_states_what_it_was_trained_on(trained_vessel_refiner):
+    folder = os.path.join(trained_vessel_refiner.model_folder, "rnca")
+    assert sorted(os.listdir(folder)) == ["progress.png", "refiner.safetensors", "rnca.json",
+                                          "training_log.txt", "validation.json"]
+    config = json.load(open(os.path.join(folder, "rnca.json")))
+    assert config["trained_on"]["dataset"] == os.path.basename(trained_vessel_refiner.raw_dataset)
+    assert config["trained_on"]["configuration"] == "2d"
+    assert config["labels"] == {"background": 0, "vessel": 1}
+    assert config["rule"]["ndim"] == 2
+    validation = json.load(open(os.path.join(folder, "validation.json")))
+    assert set(validation["mean_before"]["vessel"]) >= {"dice", "beta0_error", "beta1_error"}
+    assert validation["per_case"], "held-out cases were evaluated"
+    assert not any(name.startswith(".rnca") or name.endswith(".training")
+                   for name in os.listdir(trained_vessel_refiner.model_folder))
+
+
+def test_prediction_without_refiner_is_byte_identical_to_nnunet(trained_vessel_refiner, tmp_path):
+    model = trained_vessel_refiner
+    images = os.path.join(model.raw_dataset, "imagesTs")
+    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "nnunet"), ["0", "1"]))
+    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "ours"), ["0", "1"]))
+    segmentations = sorted(f for f in os.listdir(tmp_path / "nnunet") if f.endswith(".nii.gz"))
+    assert len(segmentations) == 3
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "nnunet", tmp_path / "ours", segmentations, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_prediction_with_refiner_writes_what_the_refiner_produced(trained_vessel_refiner, tmp_path):
+    model = trained_vessel_refiner
+    images = os.path.join(model.raw_dataset, "imagesTs")
+    base, refined = tmp_path / "base", tmp_path / "refined"
+    model.run("nnUNetv2_predict", *model.predict_args(images, str(base), ["0", "1"]), "--save_probabilities")
+    result = model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(refined), ["0", "1"]),
+                       "--refiner", "rnca", "--save_probabilities")
+    assert "refined vessels2d_ts_000" in result.stdout
+    assert not (refined / ".rnca_unrefined").exists()
+    refiner = RNCARefiner.from_folder(os.path.join(model.model_folder, "rnca"))
+    io = SimpleITKIO()
+    for case in ("vessels2d_ts_000", "vessels2d_ts_002"):
+        image, _ = io.read_images([os.path.join(images, f"{case}_0000.nii.gz")])
+        probabilities = np.load(base / f"{case}.npz")["probabilities"]
+        _, expected, _ = refiner.refine(image, probabilities)
+        written, _ = io.read_seg(str(refined / f"{case}.nii.gz"))
+        np.testing.assert_array_equal(written[0], expected)
+        refined_probabilities = np.load(refined / f"{case}.npz")["probabilities"]
+        np.testing.assert_array_equal(refined_probabilities.argmax(0), expected)
+        assert (refined / f"{case}.pkl").is_file()
+
+
+def test_refine_folder_of_saved_probabilities(trained_vessel_refiner, tmp_path):
+    model = trained_vessel_refiner
+    images = os.path.join(model.raw_dataset, "imagesTs")
+    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "base"), ["0"]), "--save_probabilities")
+    model.run("nnUNetv2_refine_rnca", "-i", str(tmp_path / "base"), "-images", images, "-o", str(tmp_path / "out"),
+              "-m", model.model_folder, "-device", "cpu")
+    assert sorted(os.listdir(tmp_path / "out")) == [f"vessels2d_ts_00{i}.nii.gz" for i in range(3)]
+
+
+def test_dropped_in_refiner_is_found_warned_or_refused(trained_vessel_refiner, tmp_path):
+    model = trained_vessel_refiner
+    images = os.path.join(model.raw_dataset, "imagesTs")
+    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "base"), ["0"]), "--save_probabilities")
+    other = tmp_path / "Dataset903_Other" / f"{TEST_TRAINER}__nnUNetPlans__2d"
+    shutil.copytree(model.model_folder, other, ignore=shutil.ignore_patterns("rnca", "fold_*"))
+    shutil.copytree(os.path.join(model.model_folder, "rnca"), other / "rnca")
+    refine = ["nnUNetv2_refine_rnca", "-i", str(tmp_path / "base"), "-images", images, "-m", str(other),
+              "-device", "cpu"]
+    zero_shot = model.run(*refine, "-o", str(tmp_path / "zero_shot"))
+    assert "zero-shot" in zero_shot.stderr
+    assert len(os.listdir(tmp_path / "zero_shot")) == 3
+
+    dataset = json.load(open(other / "dataset.json"))
+    dataset["labels"] = {"background": 0, "artery": 1, "vein": 2}
+    json.dump(dataset, open(other / "dataset.json", "w"))
+    refused = model.run(*refine, "-o", str(tmp_path / "refused"), check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0 and "train a refiner for this model" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+
+
+def test_missing_cv_probabilities_name_the_command(vessel_model, tmp_path):
+    other = tmp_path / "Dataset904_NoNpz" / f"{TEST_TRAINER}__nnUNetPlans__2d"
+    shutil.copytree(vessel_model.model_folder, other, ignore=shutil.ignore_patterns("rnca", "*.npz"))
+    env = dict(vessel_model.env, nnUNet_results=str(tmp_path))
+    from conftest import NnunetModel
+
+    result = NnunetModel(env, vessel_model.raw_dataset, str(other), 904, "2d").run(
+        "nnUNetv2_train_rnca", "Dataset904_NoNpz", "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu", check=False)
+    assert result.returncode == 2
+    assert f"nnUNetv2_train Dataset904_NoNpz 2d 0 -tr {TEST_TRAINER} -p nnUNetPlans --val --npz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cardiac_3d_multiclass_path(cardiac3d_model, tmp_path):
+    model = cardiac3d_model
+    model.run("nnUNetv2_train_rnca", str(model.dataset_id), "-c", "3d_fullres", "-tr", TEST_TRAINER,
+              "-device", "cpu", "--iterations", "3", "--disable_progress_bar")
+    folder = read_model_folder(model.model_folder)
+    assert folder.semantics.mask_channels == 3
+    config = json.load(open(os.path.join(model.model_folder, "rnca", "rnca.json")))
+    assert config["rule"]["ndim"] == 3 and config["rule"]["mask_channels"] == 3
+    images = os.path.join(model.raw_dataset, "imagesTs")
+    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "out"), ["0"]),
+              "--refiner", "rnca", "--refiner_steps", "8")
+    io = SimpleITKIO()
+    for case in ("cardiac3d_ts_000", "cardiac3d_ts_001"):
+        written, properties = io.read_seg(str(tmp_path / "out" / f"{case}.nii.gz"))
+        image, _ = io.read_images([os.path.join(images, f"{case}_0000.nii.gz")])
+        assert written.shape == image.shape and set(np.unique(written)) <= {0, 1, 2, 3}

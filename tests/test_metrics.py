@@ -1,0 +1,84 @@
+"""Metrics against hand-made shapes whose topology and geometry are known."""
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from rnca_nnunet.metrics import betti_numbers, binary_metrics, case_metrics, cl_dice, dice, surface_distances
+
+
+def ring(size=64, centre=(32, 32), outer=20, inner=14):
+    mask = np.zeros((size, size), bool)
+    mask[disk(centre, outer, shape=mask.shape)] = True
+    mask[disk(centre, inner, shape=mask.shape)] = False
+    return mask
+
+
+def ball_grid(shape):
+    return np.indices(shape) - (np.array(shape)[:, None, None, None] - 1) / 2
+
+
+def test_2d_betti_numbers_of_rings():
+    assert tuple(betti_numbers(ring())) == (1, 1)
+    two = ring(96, (30, 30), 14, 9) | ring(96, (66, 66), 14, 9)
+    assert tuple(betti_numbers(two)) == (2, 2)
+    broken = ring()
+    broken[:, 30:34] = False
+    assert tuple(betti_numbers(broken)) == (2, 0)
+    assert tuple(betti_numbers(np.zeros((8, 8), bool))) == (0, 0)
+
+
+def test_2d_connectivity_convention_is_foreground_8():
+    diagonal = np.eye(5, dtype=bool)
+    assert betti_numbers(diagonal)[0] == 1
+
+
+def test_3d_betti_numbers_of_shell_and_torus():
+    z, y, x = ball_grid((33, 33, 33))
+    radius = np.sqrt(z ** 2 + y ** 2 + x ** 2)
+    shell = (radius <= 14) & (radius >= 10)
+    assert tuple(betti_numbers(shell)) == (1, 0, 1)
+    torus = (np.sqrt(y ** 2 + x ** 2) - 10) ** 2 + z ** 2 <= 16
+    assert tuple(betti_numbers(torus)) == (1, 1, 0)
+    assert tuple(betti_numbers(torus | (radius <= 2))) == (2, 1, 0)
+
+
+def test_overlap_metrics():
+    a = ring()
+    assert dice(a, a) == 1.0 and cl_dice(a, a) == 1.0
+    assert dice(a, np.zeros_like(a)) == 0.0
+    half = a.copy()
+    half[:32] = False
+    assert 0.5 < dice(half, a) < 0.8
+    assert cl_dice(half, a) < 0.8
+
+
+def test_surface_distances_use_spacing():
+    a = np.zeros((40, 40), bool)
+    a[10:20, 10:20] = True
+    b = np.roll(a, 2, axis=1)
+    unit = surface_distances(a, b, (1.0, 1.0))
+    scaled = surface_distances(a, b, (1.0, 3.0))
+    assert unit["hd95"] == pytest.approx(2.0)
+    assert scaled["hd95"] == pytest.approx(6.0)
+    assert 0 < unit["assd"] < 2.0
+
+
+def test_empty_masks_give_defined_values():
+    empty = np.zeros((16, 16), bool)
+    full = np.zeros((16, 16), bool)
+    full[4:8, 4:8] = True
+    both = binary_metrics(empty, empty, (1.0, 1.0))
+    one = binary_metrics(empty, full, (1.0, 1.0))
+    assert both["dice"] == 1.0 and both["assd"] == 0.0 and both["broken"] == 0.0
+    assert one["dice"] == 0.0 and one["cldice"] == 0.0 and one["beta0_error"] == 1
+    assert np.isfinite(list(one.values())).all() and one["hd95"] == pytest.approx(np.hypot(16, 16))
+
+
+def test_case_metrics_per_class_and_broken_flag():
+    reference = np.zeros((1, 64, 64), np.uint8)
+    reference[0][ring()] = 2
+    prediction = reference.copy()
+    prediction[0, :, 30:34][prediction[0, :, 30:34] == 2] = 0
+    result = case_metrics(prediction, reference, (999.0, 1.0, 1.0), {"MYO": [2], "LV": [1]})
+    assert result["MYO"]["broken"] == 1.0 and result["MYO"]["beta1_error"] == 1
+    assert result["LV"]["dice"] == 1.0 and result["LV"]["broken"] == 0.0

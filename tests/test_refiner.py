@@ -1,0 +1,99 @@
+"""The refiner on its own: exact tiling, 2D/3D, weight files that are data, clear errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.state import LabelSemantics, Normalisation
+
+LABELS = {"background": 0, "LV": 1, "MYO": 2}
+
+
+def random_refiner(ndim: int) -> RNCARefiner:
+    torch.manual_seed(0)
+    model = RNCA(RuleShape(ndim=ndim, context_channels=1 + 2, mask_channels=2, hidden_channels=4, update_width=16))
+    torch.nn.init.normal_(model.update_out.weight, std=0.2)
+    return RNCARefiner(model, LabelSemantics(LABELS), Normalisation(["ZScoreNormalization"], {}), steps=6,
+                       trained_on={"dataset": "Dataset001_X", "configuration": "2d"}, device=torch.device("cpu"))
+
+
+def random_case(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(1, *shape)).astype(np.float32)
+    logits = rng.normal(size=(3, *shape)) * 3
+    probabilities = np.exp(logits) / np.exp(logits).sum(0)
+    return image, probabilities.astype(np.float32)
+
+
+@pytest.mark.parametrize("ndim, shape, tile", [(2, (3, 40, 52), (17, 23)), (3, (20, 24, 28), (9, 11, 13))])
+def test_tiled_refinement_equals_untiled(ndim, shape, tile):
+    refiner = random_refiner(ndim)
+    image, probabilities = random_case(shape)
+    context = np.concatenate([refiner.normalisation(image), probabilities[1:]])
+    whole, _ = refiner.refine_context(context, 6, stop_when_stable=False)
+    tiled, _ = refiner.refine_context(context, 6, stop_when_stable=False, tile_size=tile)
+    initial = probabilities[1:]
+    assert np.abs(whole - initial).max() > 1e-2, "the rule must change something for the test to mean anything"
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert np.array_equal(tiled > 0.5, whole > 0.5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    refiner = random_refiner(2)
+    refiner.save(str(tmp_path / "rnca"))
+    loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
+    image, probabilities = random_case((1, 32, 32))
+    a, seg_a, _ = refiner.refine(image, probabilities)
+    b, seg_b, _ = loaded.refine(image, probabilities)
+    np.testing.assert_array_equal(seg_a, seg_b)
+    np.testing.assert_allclose(a, b)
+    assert seg_a.shape == (1, 32, 32) and set(np.unique(seg_a)) <= {0, 1, 2}
+    assert b.shape == probabilities.shape and np.allclose(b.sum(0), 1, atol=1e-5)
+
+
+def test_saving_again_replaces_the_folder_whole(tmp_path):
+    refiner = random_refiner(2)
+    refiner.save(str(tmp_path / "rnca"))
+    (tmp_path / "rnca" / "stale.txt").write_text("old")
+    refiner.save(str(tmp_path / "rnca"))
+    assert sorted(os.listdir(tmp_path / "rnca")) == ["refiner.safetensors", "rnca.json"]
+    assert sorted(os.listdir(tmp_path)) == ["rnca"]
+
+
+def test_weights_are_never_unpickled(tmp_path):
+    refiner = random_refiner(2)
+    refiner.save(str(tmp_path / "rnca"))
+    torch.save(refiner.model.state_dict(), tmp_path / "rnca" / "refiner.safetensors")
+    with pytest.raises(InputError, match="refiner.safetensors: weights do not fit"):
+        RNCARefiner.from_folder(str(tmp_path / "rnca"))
+
+
+def test_config_and_weights_must_match(tmp_path):
+    random_refiner(2).save(str(tmp_path / "rnca"))
+    config = json.load(open(tmp_path / "rnca" / "rnca.json"))
+    config["rule"]["hidden_channels"] = 7
+    json.dump(config, open(tmp_path / "rnca" / "rnca.json", "w"))
+    with pytest.raises(InputError) as error:
+        RNCARefiner.from_folder(str(tmp_path / "rnca"))
+    assert "\n" not in str(error.value) and "copy the whole rnca/ folder" in str(error.value)
+
+
+def test_missing_folder_and_wrong_channels_are_clear(tmp_path):
+    with pytest.raises(InputError, match="nnUNetv2_train_rnca"):
+        RNCARefiner.from_folder(str(tmp_path / "nothing"))
+    image, probabilities = random_case((1, 16, 16))
+    with pytest.raises(InputError, match="channels"):
+        random_refiner(2).refine(image, probabilities[:2])
+
+
+def test_stable_masks_stop_early():
+    refiner = random_refiner(2)
+    torch.nn.init.zeros_(refiner.model.update_out.weight)
+    image, probabilities = random_case((1, 24, 24))
+    _, _, used = refiner.refine(image, probabilities, steps=64)
+    assert used == 16
