@@ -124,18 +124,13 @@ def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int
     semantics, per_case = refiner.semantics, []
     for case in cases:
         mask, steps = refiner.refine_context(np.concatenate([case.image, case.mask]), refiner.steps, True)
-        reference = _label_map(case.target, semantics)
+        reference = segmentation_from_mask(case.target, semantics)
         entry = {"case": case.name, "steps": steps}
         for key, m in (("before", case.mask), ("after", mask)):
             entry[key] = case_metrics(segmentation_from_mask(m, semantics), reference, case.spacing, semantics.classes)
         per_case.append(entry)
     return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),
                             mean_metrics([c["after"] for c in per_case]), per_case)
-
-
-def _label_map(target: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
-    """Reference label map from the training target, exported the same way as predictions."""
-    return segmentation_from_mask(target, semantics)
 
 
 def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
