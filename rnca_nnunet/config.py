@@ -28,6 +28,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     error_weight: float = 4.0
+    topology_weight: float = 50.0
     corrupted_fraction: float = 0.25
     val_fraction: float = 0.2
     seed: int = 0

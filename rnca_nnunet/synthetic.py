@@ -7,7 +7,7 @@ with weak contrast (it opens the ring). Everything is seeded, so tests are repea
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,6 +15,10 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from scipy import ndimage
 from skimage.draw import disk, ellipse
+
+from rnca_nnunet.corrupt import corrupt_mask
+from rnca_nnunet.data import TrainingCase
+from rnca_nnunet.state import LabelSemantics, Normalisation, target_from_label
 
 Case = Tuple[np.ndarray, np.ndarray]  # image (float32), label (uint8), same shape
 
@@ -116,6 +120,24 @@ GENERATORS: Dict[str, Tuple[Callable[[np.random.Generator], Case], dict, Tuple[f
     "cardiac3d": (lambda rng: cardiac_case(rng, size=48, slices=12),
                   {"background": 0, "LV": 1, "MYO": 2, "RV": 3}, (5.0, 1.25, 1.25)),
 }
+
+
+def corrupted_cases(kind: str, count: int, seed: int) -> List[TrainingCase]:
+    """Generated cases whose base prediction is a synthetic corruption of the label (breaks, specks).
+
+    They check a training recipe in minutes, without training nnU-Net first.
+    """
+    generate, labels, spacing = GENERATORS[kind]
+    semantics, normalise = LabelSemantics(labels), Normalisation(["ZScoreNormalization"], {})
+    rng, cases = np.random.default_rng(seed), []
+    for index in range(count):
+        image, label = generate(rng)
+        if image.ndim == 2:
+            image, label, spacing = image[None], label[None], (999.0, *spacing[-2:])
+        target, valid = target_from_label(label, semantics)
+        cases.append(TrainingCase(f"{kind}_corrupted_{seed}_{index:03d}", normalise(image[None]),
+                                  corrupt_mask(target, rng), target, valid, tuple(spacing)))
+    return cases
 
 
 def _write(array: np.ndarray, spacing: Tuple[float, ...], path: str) -> None:

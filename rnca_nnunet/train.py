@@ -23,6 +23,7 @@ from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.corrupt import corrupt_mask
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.data import ModelFolder, TrainingCase, find_cv_predictions, load_training_case
+from rnca_nnunet.loss_weights import centreline, loss_weights, topology_focus
 from rnca_nnunet.metrics import case_metrics, mean_metrics
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
@@ -37,10 +38,13 @@ def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -
 
 
 class PatchSampler:
-    """Random patches (context, target, loss weight), biased to cells the base prediction got wrong."""
+    """Random patches (context, target, loss weight), biased to cells that decide the topology."""
 
     def __init__(self, cases: Sequence[TrainingCase], ndim: int, config: TrainConfig, rng: np.random.Generator):
         self.cases, self.ndim, self.config, self.rng = list(cases), ndim, config, rng
+        self.lines = [self._per_slice(centreline, c.target) for c in self.cases]
+        self.focus = [self._per_slice(topology_focus, c.mask, c.target, line).any(0, keepdims=True)
+                      for c, line in zip(self.cases, self.lines)]
         self.patch = tuple(config.patch_size)
         axes = tuple(range(ndim))
         transforms = [MirrorTransform(axes=axes)]
@@ -48,15 +52,26 @@ class PatchSampler:
             transforms.append(Rot90Transform(num_rot=(1, 2, 3), axes=(0, 1), p_per_sample=0.5))
         self.augment = Compose(transforms)
 
-    def _crop(self, case: TrainingCase) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        arrays = [case.image, case.mask, case.target, case.valid[None]]
+    def _per_slice(self, function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+        """Apply a function of (K, *spatial) arrays per slice when a 2D rule is trained on volumes."""
+        if self.ndim == 2 and arrays[0].ndim == 4:
+            return np.stack([function(*(a[:, z] for a in arrays)) for z in range(arrays[0].shape[1])], 1)
+        return function(*arrays)
+
+    def _crop(self, index: int) -> Tuple[np.ndarray, ...]:
+        case = self.cases[index]
+        arrays = [case.image, case.mask, case.target, case.valid[None], self.focus[index], self.lines[index]]
         if self.ndim == 2:
             z = int(self.rng.integers(case.image.shape[1]))
             arrays = [a[:, z] for a in arrays]
         spatial = arrays[0].shape[1:]
-        errors = (arrays[1] > 0.5) != (arrays[2] > 0.5)
-        focus = np.argwhere(errors.any(0) | (arrays[2].any(0) & (self.rng.random() < 0.3)))
-        if len(focus) and self.rng.random() < 0.75:
+        draw = self.rng.random()
+        if draw < 0.5:
+            candidates = arrays[4][0] > 0
+        else:
+            candidates = ((arrays[1] > 0.5) != (arrays[2] > 0.5)).any(0) | (arrays[2].any(0) & (draw > 0.75))
+        focus = np.argwhere(candidates)
+        if len(focus) and draw < 0.85:
             centre = focus[self.rng.integers(len(focus))]
         else:
             centre = np.array([self.rng.integers(s) for s in spatial])
@@ -72,19 +87,18 @@ class PatchSampler:
 
     def sample(self, count: int) -> Dict[str, np.ndarray]:
         """`count` fresh samples; some get a synthetic corruption of the label instead of the CV prediction."""
-        images, masks, targets, weights = [], [], [], []
+        images, masks, targets, valids, lines = [], [], [], [], []
         for _ in range(count):
-            image, mask, target, valid = self._crop(self.cases[self.rng.integers(len(self.cases))])
+            image, mask, target, valid, _, line = self._crop(int(self.rng.integers(len(self.cases))))
             if self.rng.random() < self.config.corrupted_fraction:
                 mask = corrupt_mask(target, self.rng)
-            mask = _temperature(mask, self.rng.uniform(0.7, 1.4))
-            errors = ((mask > 0.5) != (target > 0.5)).any(0, keepdims=True)
-            images.append(image), masks.append(mask), targets.append(target)
-            weights.append(valid * (1.0 + self.config.error_weight * errors))
-        data = np.concatenate([np.stack(images), np.stack(masks), np.stack(targets), np.stack(weights)], 1)
-        data = self.augment(data=data.astype(np.float32))["data"]
-        return {"context": data[:, : images[0].shape[0] + masks[0].shape[0]],
-                "target": data[:, -1 - targets[0].shape[0]:-1], "weight": data[:, -1:]}
+            images.append(image), masks.append(_temperature(mask, self.rng.uniform(0.7, 1.4)))
+            targets.append(target), valids.append(valid), lines.append(line)
+        parts = [np.stack(a) for a in (images, masks, targets, lines, valids)]
+        data = self.augment(data=np.concatenate(parts, 1).astype(np.float32))["data"]
+        bounds = np.cumsum([0] + [p.shape[1] for p in parts])
+        image, mask, target, line, valid = (data[:, a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        return {"context": np.concatenate([image, mask], 1), "target": target, "line": line, "valid": valid}
 
 
 def _temperature(mask: np.ndarray, temperature: float) -> np.ndarray:
@@ -167,7 +181,9 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         batch = {key: value[index] for key, value in pool.items()}
         steps = int(rng.integers(config.steps_min, config.steps_max + 1))
         state = model(batch["state"], batch["context"], steps, config.fire_rate)
-        loss = refinement_loss(state, batch["target"], batch["weight"])
+        weight = loss_weights(state[:, :k], batch["target"], batch["line"], batch["valid"],
+                              config.error_weight, config.topology_weight)
+        loss = refinement_loss(state, batch["target"], weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
