@@ -205,6 +205,6 @@ def demo_entry_point(argv: Optional[List[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(description="Run the CPU demo end to end and print a before/after table.")
     parser.add_argument("--out", default="demo_output", help="work folder (default demo_output)")
-    parser.add_argument("--rnca_iterations", type=int, default=600, help="rNCA training iterations")
+    parser.add_argument("--rnca_iterations", type=int, default=1000, help="rNCA training iterations")
     args = parser.parse_args(argv)
     run_demo(args.out, rnca_iterations=args.rnca_iterations)

@@ -10,14 +10,14 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
 
 TRAINER = "nnUNetTrainer_rncaDemo"
 
 
-def _run(command: List[str], env: Dict[str, str], log_file) -> None:
+def run_step(command: List[str], env: Dict[str, str], log_file) -> None:
     started = time.time()
     print(f"$ {' '.join(command)}", flush=True)
     result = subprocess.run(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -26,32 +26,48 @@ def _run(command: List[str], env: Dict[str, str], log_file) -> None:
     print(f"  done in {time.time() - started:.0f} s", flush=True)
 
 
+def nnunet_environment(out: str) -> Dict[str, str]:
+    """nnU-Net's three folders inside `out`, plus the project's trainers, for subprocesses."""
+    return dict(os.environ, nnUNet_raw=os.path.join(out, "nnUNet_raw"),
+                nnUNet_preprocessed=os.path.join(out, "nnUNet_preprocessed"),
+                nnUNet_results=os.path.join(out, "nnUNet_results"), nnUNet_extTrainer=TRAINER_FOLDER,
+                nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2")
+
+
+def generate_dataset(kind: str, dataset_id: int, cases: int, test_cases: int, env: Dict[str, str], log_file) -> str:
+    """Write a generated dataset into nnUNet_raw; returns its name."""
+    run_step([sys.executable, "-m", "rnca_nnunet.synthetic", kind, "--out", env["nnUNet_raw"], "--id",
+              str(dataset_id), "--cases", str(cases), "--test_cases", str(test_cases)], env, log_file)
+    return f"Dataset{dataset_id:03d}_Synthetic{kind[0].upper()}{kind[1:]}"
+
+
+def train_base_model(dataset_id: int, configuration: str, env: Dict[str, str], log_file,
+                     folds: Sequence[int] = range(5)) -> None:
+    """Plan and preprocess, then train nnU-Net briefly on CPU with --npz, so every case gets a CV prediction."""
+    run_step(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env, log_file)
+    for fold in folds:
+        run_step(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", TRAINER, "-device", "cpu",
+                  "--npz"], env, log_file)
+
+
 def run_demo(out: str, dataset_id: int = 991, cases: int = 30, test_cases: int = 10,
-             rnca_iterations: int = 600) -> str:
+             rnca_iterations: int = 1000) -> str:
     """Run every step in `out` (nnUNet_raw/preprocessed/results live there); returns the table."""
     out = os.path.abspath(out)
-    env = dict(os.environ, nnUNet_raw=os.path.join(out, "nnUNet_raw"),
-               nnUNet_preprocessed=os.path.join(out, "nnUNet_preprocessed"),
-               nnUNet_results=os.path.join(out, "nnUNet_results"), nnUNet_extTrainer=TRAINER_FOLDER,
-               nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2")
+    env = nnunet_environment(out)
     os.makedirs(out, exist_ok=True)
-    dataset = f"Dataset{dataset_id:03d}_SyntheticVessels2d"
-    images = os.path.join(env["nnUNet_raw"], dataset, "imagesTs")
-    labels = os.path.join(env["nnUNet_raw"], dataset, "labelsTs")
-    predict = ["-i", images, "-d", str(dataset_id), "-c", "2d", "-tr", TRAINER, "-device", "cpu",
-               "--disable_progress_bar"]
     with open(os.path.join(out, "demo.log"), "w") as log:
         print(f"rnca-nnunet demo in {out} (full log: {log.name})")
-        _run([sys.executable, "-m", "rnca_nnunet.synthetic", "vessels2d", "--out", env["nnUNet_raw"], "--id",
-              str(dataset_id), "--cases", str(cases), "--test_cases", str(test_cases)], env, log)
-        _run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2"], env, log)
-        for fold in range(5):
-            _run(["nnUNetv2_train", str(dataset_id), "2d", str(fold), "-tr", TRAINER, "-device", "cpu", "--npz"],
-                 env, log)
-        _run(["nnUNetv2_train_rnca", str(dataset_id), "-c", "2d", "-tr", TRAINER, "-device", "cpu",
+        dataset = generate_dataset("vessels2d", dataset_id, cases, test_cases, env, log)
+        train_base_model(dataset_id, "2d", env, log)
+        images = os.path.join(env["nnUNet_raw"], dataset, "imagesTs")
+        labels = os.path.join(env["nnUNet_raw"], dataset, "labelsTs")
+        predict = ["-i", images, "-d", str(dataset_id), "-c", "2d", "-tr", TRAINER, "-device", "cpu",
+                   "--disable_progress_bar"]
+        run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", "2d", "-tr", TRAINER, "-device", "cpu",
               "--iterations", str(rnca_iterations), "--disable_progress_bar"], env, log)
-        _run(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_nnunet")], env, log)
-        _run(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_rnca"), "--refiner", "rnca"],
+        run_step(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_nnunet")], env, log)
+        run_step(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_rnca"), "--refiner", "rnca"],
              env, log)
         table = subprocess.run(["nnUNetv2_evaluate_rnca", "-ref", labels, "-pred",
                                 os.path.join(out, "predicted_nnunet"), "-pred_refined",

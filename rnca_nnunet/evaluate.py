@@ -25,8 +25,9 @@ def _file_ending(folder: str) -> str:
 
 
 def _classes(folders: Sequence[str], reference_files: Sequence[str], reader) -> Dict[str, List[int]]:
-    """Class names from a dataset.json beside the predictions (nnU-Net writes one), else the label values."""
-    for folder in folders:
+    """Class names from a dataset.json beside the predictions (nnU-Net writes one) or above the references
+    (a raw dataset's labelsTs), else the label values."""
+    for folder in [*folders, os.path.dirname(os.path.dirname(os.path.abspath(reference_files[0])))]:
         if isfile(join(folder, "dataset.json")):
             from rnca_nnunet.state import LabelSemantics
 
@@ -71,21 +72,21 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
     else:
         per_case = [_evaluate_case(j) for j in jobs]
     summary = {"per_case": per_case, "mean": {k: mean_metrics([c[k] for c in per_case]) for k in predictions}}
-    if "base" in predictions and "refined" in predictions:
-        summary["repair"] = repair_rates(per_case)
+    if "base" in predictions:
+        summary["repair"] = {k: repair_rates(per_case, k) for k in predictions if k != "base"}
     return summary
 
 
-def repair_rates(per_case: Sequence[Dict]) -> Dict[str, Dict[str, float]]:
-    """Per class: share of broken base cases that the refinement made intact, and of intact ones it broke."""
+def repair_rates(per_case: Sequence[Dict], method: str) -> Dict[str, Dict[str, float]]:
+    """Per class: share of broken base cases that `method` made intact, and of intact ones it broke."""
     rates = {}
     for name in per_case[0]["base"]:
         broken = [c for c in per_case if c["base"][name]["broken"]]
         intact = [c for c in per_case if not c["base"][name]["broken"]]
         rates[name] = {
             "broken_before": len(broken),
-            "repaired_share": float(np.mean([not c["refined"][name]["broken"] for c in broken])) if broken else 0.0,
-            "newly_broken_share": float(np.mean([c["refined"][name]["broken"] for c in intact])) if intact else 0.0,
+            "repaired_share": float(np.mean([not c[method][name]["broken"] for c in broken])) if broken else 0.0,
+            "newly_broken_share": float(np.mean([c[method][name]["broken"] for c in intact])) if intact else 0.0,
         }
     return rates
 
@@ -103,7 +104,7 @@ def format_table(summary: Dict, title: Optional[str] = None) -> str:
             b, r = means["base"][name], means["refined"][name]
             change = [f"{100 * (r[c] - b[c]) / b[c]:+.0f}%" if b[c] else f"{r[c] - b[c]:+.3f}" for c in COLUMNS]
             lines.append(f"| change | {name} | " + " | ".join(change) + " |")
-        for name, rate in summary["repair"].items():
+        for name, rate in summary["repair"]["refined"].items():
             lines.append(f"\n{name}: {rate['broken_before']} broken cases before, "
                          f"{100 * rate['repaired_share']:.0f}% repaired; "
                          f"{100 * rate['newly_broken_share']:.0f}% of intact cases broken by the refinement")

@@ -1,0 +1,113 @@
+"""Quality benchmark on generated datasets: nnU-Net alone vs post-processing baselines vs rNCA.
+
+For each dataset: generate it, train nnU-Net briefly on CPU (5 folds, --npz), train the rNCA on the
+CV predictions, predict the held-out test cases, then compare on them: no post-processing, nnU-Net's
+keep-largest-component, morphological closing, rNCA, and zero-shot rNCA (the cardiac2d refiner applied
+slice by slice to cardiac3d). Prints one table per dataset and writes them to a markdown file.
+
+    python benchmarks/quality.py --out bench_output --markdown benchmarks/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from typing import List, Optional
+
+from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
+from rnca_nnunet.data import read_model_folder
+from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
+from rnca_nnunet.evaluate import COLUMNS, evaluate_folders
+from rnca_nnunet.files import atomic_path
+
+DATASETS = {"vessels2d": (981, "2d"), "cardiac2d": (982, "2d"), "cardiac3d": (983, "3d_fullres")}
+
+
+def compare_methods(dataset_id: int, dataset: str, configuration: str, out: str, iterations: int, log) -> dict:
+    """With a trained base model: train the refiner, write every method's test predictions."""
+    env = nnunet_environment(out)
+    model_folder = os.path.join(env["nnUNet_results"], dataset, f"{TRAINER}__nnUNetPlans__{configuration}")
+    run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device", "cpu",
+              "--iterations", str(iterations), "--disable_progress_bar"], env, log)
+    images = os.path.join(env["nnUNet_raw"], dataset, "imagesTs")
+    folders = {name: os.path.join(out, "predictions", name) for name in ("base", "largest component", "closing", "rNCA")}
+    run_step(["nnUNetv2_predict", "-i", images, "-o", folders["base"], "-d", str(dataset_id), "-c", configuration,
+              "-tr", TRAINER, "-device", "cpu", "--save_probabilities", "--disable_progress_bar"], env, log)
+    model = read_model_folder(model_folder)
+    labels = [v for k, v in model.dataset_json["labels"].items() if k != "background"]
+    apply_to_folder(keep_largest_component, labels, folders["base"], folders["largest component"], model.file_ending)
+    apply_to_folder(morphological_closing, labels, folders["base"], folders["closing"], model.file_ending)
+    run_step(["nnUNetv2_refine_rnca", "-i", folders["base"], "-images", images, "-o", folders["rNCA"],
+              "-m", model_folder, "-device", "cpu"], env, log)
+    return {"model_folder": model_folder, "folders": folders, "images": images,
+            "labels": os.path.join(env["nnUNet_raw"], dataset, "labelsTs")}
+
+
+def zero_shot(source: dict, target: dict, out: str, log) -> None:
+    """Refine the target's base predictions with the source's refiner, dropped into a copy of the target's
+    model folder as a user would drop it into theirs."""
+    model_folder = os.path.join(out, *target["model_folder"].split(os.sep)[-2:])
+    shutil.rmtree(model_folder, ignore_errors=True)
+    os.makedirs(model_folder)
+    for name in ("dataset.json", "plans.json"):
+        shutil.copy(os.path.join(target["model_folder"], name), model_folder)
+    shutil.copytree(os.path.join(source["model_folder"], "rnca"), os.path.join(model_folder, "rnca"))
+    target["folders"]["rNCA zero-shot"] = os.path.join(out, "predictions")
+    run_step(["nnUNetv2_refine_rnca", "-i", target["folders"]["base"], "-images", target["images"], "-o",
+              target["folders"]["rNCA zero-shot"], "-m", model_folder, "-device", "cpu"], dict(os.environ), log)
+
+
+def results_table(kind: str, summary: dict) -> str:
+    """Rows: methods (per class); columns: the metrics and the share of broken base cases repaired."""
+    lines = [f"### {kind}", "", "| method | class | " + " | ".join(COLUMNS) + " | repaired | newly broken |",
+             "|" + "---|" * (len(COLUMNS) + 4)]
+    for method, per_class in summary["mean"].items():
+        for name, m in per_class.items():
+            repair = summary["repair"].get(method, {}).get(name)
+            rates = (f"{100 * repair['repaired_share']:.0f}% of {repair['broken_before']} | "
+                     f"{100 * repair['newly_broken_share']:.0f}%") if repair else "- | -"
+            lines.append(f"| {method} | {name} | " + " | ".join(f"{m[c]:.3f}" for c in COLUMNS) + f" | {rates} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench_output")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--cases", type=int, default=30)
+    parser.add_argument("--test_cases", type=int, default=10)
+    parser.add_argument("--rnca_iterations", type=int, default=1000)
+    parser.add_argument("--markdown", default=None, help="also write the tables to this markdown file")
+    args = parser.parse_args()
+    started, tables, results = time.time(), [], {}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "benchmark.log"), "w") as log:
+        for kind in args.datasets:
+            dataset_id, configuration = DATASETS[kind]
+            out = os.path.abspath(os.path.join(args.out, kind))
+            env = nnunet_environment(out)
+            dataset = generate_dataset(kind, dataset_id, args.cases, args.test_cases, env, log)
+            train_base_model(dataset_id, configuration, env, log)
+            results[kind] = compare_methods(dataset_id, dataset, configuration, out, args.rnca_iterations, log)
+        if {"cardiac2d", "cardiac3d"} <= set(results):
+            zero_shot(results["cardiac2d"], results["cardiac3d"], os.path.abspath(os.path.join(args.out, "zero")), log)
+    for kind, result in results.items():
+        tables.append(results_table(kind, evaluate_folders(result["labels"], result["folders"])))
+        print("\n" + tables[-1], flush=True)
+    header = (f"Generated by `python benchmarks/quality.py` in {(time.time() - started) / 60:.0f} minutes on CPU; "
+              f"{args.cases} training and {args.test_cases} held-out test cases per dataset.")
+    write_markdown(args.markdown, "Quality benchmark: generated datasets", header, tables)
+
+
+def write_markdown(path: Optional[str], title: str, header: str, tables: List[str]) -> None:
+    """Tables under a title and a line saying how they were made; metric definitions are in the README."""
+    if path:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as handle:
+                handle.write(f"# {title}\n\n{header} Metrics and conventions: see README.md.\n\n"
+                             + "\n\n".join(tables) + "\n")
+
+
+if __name__ == "__main__":
+    main()
