@@ -1,0 +1,89 @@
+"""Real-data benchmark on TopoMortar (photographs of brick walls, mortar network labelled).
+
+Part 1 (minutes): refine the provided imperfect labels (`noisy`, `pseudo`) toward the accurate ones: the
+rNCA is trained on the train split (40 cases, 10 held out for the checkpoint) and tested on the val split
+(20), against closing and keep-largest-component applied to the same imperfect labels.
+Part 2 (`--nnunet`, long on CPU): nnU-Net trained briefly, its CV predictions train the rNCA, and the
+methods are compared on the val split, as in benchmarks/quality.py.
+
+    python benchmarks/topomortar.py --source ../shared/data/TopoMortar --out bench_topomortar \\
+        --downsample 2 --markdown benchmarks/TOPOMORTAR.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+from quality import compare_methods, results_table, write_markdown
+from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
+from rnca_nnunet.config import load_preset
+from rnca_nnunet.demo import nnunet_environment, train_base_model
+from rnca_nnunet.evaluate import evaluate_folders
+from rnca_nnunet.files import atomic_path
+from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.state import LabelSemantics, Normalisation, probabilities_from_mask
+from rnca_nnunet.topomortar import IMPERFECT, convert, imperfect_label_cases
+from rnca_nnunet.train import split_cases, train_refiner
+
+
+def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: int) -> str:
+    """Train on the train split's (imperfect, accurate) pairs, write every method's val-split masks; a table."""
+    semantics, normalisation = LabelSemantics({"background": 0, "mortar": 1}), Normalisation(["ZScoreNormalization"] * 3, {})
+    train_cases, val_cases = split_cases(imperfect_label_cases(folder, "Tr", kind, normalisation), 0.2, 0)
+    config = load_preset("vessels_2d", {"iterations": iterations, "validate_every": max(1, iterations // 10),
+                                        "corrupted_fraction": 0.0})
+    refiner, _, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
+                                  torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False)
+    folders = {"base": os.path.join(folder, f"labelsTs_{kind}"),
+               **{name: os.path.join(out, kind, name) for name in ("largest component", "closing", "rNCA")}}
+    apply_to_folder(keep_largest_component, [1], folders["base"], folders["largest component"], ".png")
+    apply_to_folder(morphological_closing, [1], folders["base"], folders["closing"], ".png")
+    write_refined(refiner, imperfect_label_cases(folder, "Ts", kind, Normalisation(["NoNormalization"] * 3, {})),
+                  folders["rNCA"])
+    return results_table(f"TopoMortar, refining the `{kind}` labels (val split)",
+                         evaluate_folders(os.path.join(folder, "labelsTs"), folders))
+
+
+def write_refined(refiner: RNCARefiner, cases, out_folder: str) -> None:
+    """Refine each case's imperfect mask with its raw image and write it as nnU-Net would."""
+    writer = NaturalImage2DIO()
+    for case in cases:
+        probabilities = probabilities_from_mask(case.mask, refiner.semantics)
+        _, segmentation, _ = refiner.refine(case.image, probabilities)
+        with atomic_path(os.path.join(out_folder, case.name + ".png")) as tmp:
+            writer.write_seg(segmentation, tmp, {})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, help="the TopoMortar folder (dataset/train, dataset/val)")
+    parser.add_argument("--out", default="bench_topomortar")
+    parser.add_argument("--downsample", type=int, default=2, help="2: 256x256 images for CPU; 1: full resolution")
+    parser.add_argument("--rnca_iterations", type=int, default=1000)
+    parser.add_argument("--nnunet", action="store_true", help="also train nnU-Net and refine its predictions")
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args()
+    started, out = time.time(), os.path.abspath(args.out)
+    env = nnunet_environment(out)
+    folder = convert(args.source, env["nnUNet_raw"], 950, args.downsample)
+    tables = [refine_imperfect_labels(folder, kind, out, args.rnca_iterations) for kind in IMPERFECT]
+    if args.nnunet:
+        with open(os.path.join(out, "benchmark.log"), "w") as log:
+            train_base_model(950, "2d", env, log)
+            result = compare_methods(950, os.path.basename(folder), "2d", out, args.rnca_iterations, log)
+        tables.append(results_table("TopoMortar, nnU-Net predictions (val split)",
+                                    evaluate_folders(result["labels"], result["folders"])))
+    for table in tables:
+        print("\n" + table, flush=True)
+    header = (f"Generated by `python benchmarks/topomortar.py --downsample {args.downsample}` in "
+              f"{(time.time() - started) / 60:.0f} minutes ({'CUDA' if torch.cuda.is_available() else 'CPU'}).")
+    write_markdown(args.markdown, "Quality benchmark: TopoMortar", header, tables)
+
+
+if __name__ == "__main__":
+    main()
