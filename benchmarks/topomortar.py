@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--downsample", type=int, default=2, help="2: 256x256 images for CPU; 1: full resolution")
     parser.add_argument("--rnca_iterations", type=int, default=1000)
     parser.add_argument("--nnunet", action="store_true", help="also train nnU-Net and refine its predictions")
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="nnU-Net folds (--nnunet)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     started, out = time.time(), os.path.abspath(args.out)
@@ -74,8 +75,8 @@ def main() -> None:
     tables = [refine_imperfect_labels(folder, kind, out, args.rnca_iterations) for kind in IMPERFECT]
     if args.nnunet:
         with open(os.path.join(out, "benchmark.log"), "w") as log:
-            train_base_model(950, "2d", env, log)
-            result = compare_methods(950, os.path.basename(folder), "2d", out, args.rnca_iterations, log)
+            train_base_model(950, "2d", env, log, args.folds)
+            result = compare_methods(950, os.path.basename(folder), "2d", args.folds, out, args.rnca_iterations, log)
         tables.append(results_table("TopoMortar, nnU-Net predictions (val split)",
                                     evaluate_folders(result["labels"], result["folders"])))
     for table in tables:

@@ -6,6 +6,7 @@ with --npz -> nnUNetv2_train_rnca -> nnUNetv2_predict_rnca on held-out cases wit
 """
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -43,9 +44,14 @@ def generate_dataset(kind: str, dataset_id: int, cases: int, test_cases: int, en
 
 def train_base_model(dataset_id: int, configuration: str, env: Dict[str, str], log_file,
                      folds: Sequence[int] = range(5)) -> None:
-    """Plan and preprocess, then train nnU-Net briefly on CPU with --npz, so every case gets a CV prediction."""
+    """Plan and preprocess, then train nnU-Net briefly on CPU with --npz, so every case gets a CV prediction.
+
+    Folds that already finished are kept, so a stopped benchmark can be run again."""
     run_step(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env, log_file)
+    pattern = os.path.join(env["nnUNet_results"], f"Dataset{dataset_id:03d}_*", f"{TRAINER}__nnUNetPlans__{configuration}")
     for fold in folds:
+        if glob.glob(os.path.join(pattern, f"fold_{fold}", "validation", "summary.json")):
+            continue
         run_step(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", TRAINER, "-device", "cpu",
                   "--npz"], env, log_file)
 
