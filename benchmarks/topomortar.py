@@ -37,7 +37,7 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: int) -
     train_cases, val_cases = split_cases(imperfect_label_cases(folder, "Tr", kind, normalisation), 0.2, 0)
     config = load_preset("vessels_2d", {"iterations": iterations, "validate_every": max(1, iterations // 10),
                                         "corrupted_fraction": 0.0})
-    refiner, _, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
+    refiner, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
                                   torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False)
     folders = {"base": os.path.join(folder, f"labelsTs_{kind}"),
                **{name: os.path.join(out, kind, name) for name in ("largest component", "closing", "rNCA")}}

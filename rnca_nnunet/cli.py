@@ -109,17 +109,21 @@ def predict_entry_point() -> None:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--refiner", default="none")
     parser.add_argument("--refiner_steps", type=int, default=None)
+    parser.add_argument("--png", default=None)
+    parser.add_argument("--gif", default=None)
     ours, rest = parser.parse_known_args()
     if "-h" in rest or "--help" in rest:
         print("nnUNetv2_predict_rnca: nnUNetv2_predict plus\n  --refiner NAME        refiner to run last "
-              "(rnca, none; default none)\n  --refiner_steps N     override the refiner's step count\n")
+              "(rnca, none; default none)\n  --refiner_steps N     override the refiner's step count\n"
+              "  --png DIR             before/after overlay per case\n"
+              "  --gif DIR             the refiner's step-by-step evolution per case\n")
     if ours.refiner == "none" or "-h" in rest or "--help" in rest:
         from nnunetv2.inference.predict_from_raw_data import predict_entry_point as nnunet_predict
 
         sys.argv = [sys.argv[0], *rest]
         nnunet_predict()
         return
-    from rnca_nnunet.predict import predict_with_refiner
+    from rnca_nnunet.predict import PictureFolders, predict_with_refiner
 
     known = argparse.ArgumentParser(add_help=False)
     for flag, default in (("-i", None), ("-o", None), ("-d", None), ("-c", None), ("-tr", "nnUNetTrainer"),
@@ -133,12 +137,12 @@ def predict_entry_point() -> None:
     model, refiner = _load_refiner(ours.refiner, _model_folder(args.d, args.tr, args.p, args.c), device)
     if refiner is None:
         raise InputError(f"refiner '{ours.refiner}' refines nothing; drop --refiner to predict without one")
-    predict_with_refiner(rest, refiner, model, ours.refiner_steps)
+    predict_with_refiner(rest, refiner, model, ours.refiner_steps, PictureFolders(ours.png, ours.gif))
 
 
 @_friendly_errors
 def refine_folder_entry_point() -> None:
-    from rnca_nnunet.predict import refine_folder
+    from rnca_nnunet.predict import PictureFolders, refine_folder
 
     parser = argparse.ArgumentParser(description="Refine a folder of nnU-Net --save_probabilities outputs "
                                                  "(.npz + .pkl), e.g. from nnUNetv2_ensemble --save_npz.")
@@ -154,6 +158,8 @@ def refine_folder_entry_point() -> None:
     parser.add_argument("--refiner_steps", type=int, default=None)
     parser.add_argument("--save_probabilities", action="store_true")
     parser.add_argument("-device", default=None)
+    parser.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
+    parser.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
     args = parser.parse_args()
     if args.m is None and args.d is None:
         raise InputError("give the model folder with -m, or -d (and -c/-tr/-p) as for nnUNetv2_predict")
@@ -161,7 +167,8 @@ def refine_folder_entry_point() -> None:
     model, refiner = _load_refiner(args.refiner, model_folder, _device(args.device))
     if refiner is None:
         raise InputError(f"refiner '{args.refiner}' refines nothing; copy the files instead")
-    refine_folder(refiner, model, args.i, args.images, args.o, args.save_probabilities, args.refiner_steps)
+    refine_folder(refiner, model, args.i, args.images, args.o, args.save_probabilities, args.refiner_steps,
+                  pictures=PictureFolders(args.png, args.gif))
 
 
 def synthetic_entry_point(argv: Optional[List[str]] = None) -> None:
@@ -189,12 +196,15 @@ def evaluate_entry_point() -> None:
     parser.add_argument("-pred_refined", default=None, help="folder with refined predictions to compare")
     parser.add_argument("-o", default=None, help="write the JSON summary here")
     parser.add_argument("-np", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--png", default=None, metavar="DIR", help="write an overlay per case (label, base, "
+                        "refined; fixed cells green, broken red) into DIR")
+    parser.add_argument("-images", default=None, help="raw images <case>_0000<ending> as --png background")
     args = parser.parse_args()
     folders = {"base": args.pred, **({"refined": args.pred_refined} if args.pred_refined else {})}
-    for folder in (args.ref, *folders.values()):
+    for folder in (args.ref, *folders.values(), *([args.images] if args.images else [])):
         if not os.path.isdir(folder):
             raise InputError(f"{folder} is not a folder")
-    summary = evaluate_folders(args.ref, folders, args.np)
+    summary = evaluate_folders(args.ref, folders, args.np, args.png, args.images)
     print(format_table(summary))
     if args.o:
         save_summary(summary, args.o)

@@ -13,6 +13,7 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.metrics import case_metrics, mean_metrics
+from rnca_nnunet.pictures import write_overlay
 
 COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "assd", "hd95", "broken")
 
@@ -38,21 +39,40 @@ def _classes(folders: Sequence[str], reference_files: Sequence[str], reader) -> 
 
 
 def _evaluate_case(args) -> Dict:
-    reference_file, prediction_files, classes, reader_class = args
+    reference_file, prediction_files, classes, reader_class, png_folder, image_file = args
     reader = reader_class()
     reference, properties = reader.read_seg(reference_file)
     entry = {"case": os.path.basename(reference_file)}
+    segmentations = {}
     for key, path in prediction_files.items():
         prediction, _ = reader.read_seg(path)
         if prediction.shape != reference.shape:
             raise InputError(f"{path}: shape {prediction.shape[1:]} differs from the reference {reference_file} "
                              f"{reference.shape[1:]}; predictions must be in the reference's image space")
         entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], classes)
+        segmentations[key] = prediction[0]
+    if png_folder:
+        image = reader.read_images([image_file])[0][0] if image_file else None
+        base = segmentations.get("base", next(iter(segmentations.values())))
+        refined = next((v for k, v in segmentations.items() if k != "base"), None)
+        write_overlay(join(png_folder, entry["case"].split(".")[0] + ".png"), image, base, refined, reference[0])
     return entry
 
 
-def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_processes: int = 2) -> Dict:
-    """Per-case and mean metrics of each prediction folder (`{"base": folder, "refined": folder}`)."""
+def _image_file(images_folder: Optional[str], reference_file: str, ending: str) -> Optional[str]:
+    """The raw image `<case>_0000<ending>` of a reference file, for picture backgrounds."""
+    if images_folder is None:
+        return None
+    path = join(images_folder, os.path.basename(reference_file)[: -len(ending)] + "_0000" + ending)
+    if not isfile(path):
+        raise InputError(f"{path} not found: -images must hold the raw images <case>_0000{ending}")
+    return path
+
+
+def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_processes: int = 2,
+                     png_folder: Optional[str] = None, images_folder: Optional[str] = None) -> Dict:
+    """Per-case and mean metrics of each prediction folder (`{"base": folder, "refined": folder}`);
+    with `png_folder`, an overlay per case of label, base and refined (on the raw image from `images_folder`)."""
     ending = _file_ending(reference_folder)
     references = subfiles(reference_folder, suffix=ending, sort=True)
     pairs = []
@@ -65,7 +85,7 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
         pairs.append((reference, files))
     reader_class = determine_reader_writer_from_file_ending(ending, references[0], verbose=False)
     classes = _classes(list(predictions.values()), references, reader_class())
-    jobs = [(r, f, classes, reader_class) for r, f in pairs]
+    jobs = [(r, f, classes, reader_class, png_folder, _image_file(images_folder, r, ending)) for r, f in pairs]
     if num_processes > 1:
         with get_context("spawn").Pool(num_processes) as pool:
             per_case = pool.map(_evaluate_case, jobs)

@@ -18,6 +18,9 @@ def atomic_path(final_path: str, ending: str = "") -> Iterator[str]:
     os.close(handle)
     try:
         yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes owner-only files; outputs are shared like any other
         os.replace(temporary, final_path)
     finally:
         if os.path.exists(temporary):

@@ -1,7 +1,7 @@
 """RNCARefiner: a trained rule plus everything needed to apply it to an nnU-Net prediction.
 
 A refiner is one folder, `rnca/`: `refiner.safetensors` (weights, never pickled) and `rnca.json`
-(rule shape, label semantics, normalisation, step count, what it was trained on).
+(rule shape, label semantics, normalisation, step count, smallest kept component, what it was trained on).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import cc3d
 import numpy as np
 import torch
 from safetensors import SafetensorError
@@ -38,13 +39,14 @@ class RNCARefiner:
     """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`."""
 
     def __init__(self, model: RNCA, semantics: LabelSemantics, normalisation: Normalisation, steps: int,
-                 trained_on: Dict, device: Optional[torch.device] = None):
+                 trained_on: Dict, device: Optional[torch.device] = None, min_component_size: int = 0):
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
         self.semantics = semantics
         self.normalisation = normalisation
         self.steps = steps
         self.trained_on = trained_on
+        self.min_component_size = min_component_size
         self.max_tile_cells = 256 ** 2 * 16 if model.shape.ndim == 2 else 128 ** 3
 
     @classmethod
@@ -61,6 +63,7 @@ class RNCARefiner:
             semantics = LabelSemantics(config["labels"], config.get("regions_class_order"))
             normalisation = Normalisation(**config["normalisation"])
             steps = int(config["inference_steps"])
+            min_component_size = int(config.get("min_component_size", 0))
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise InputError(f"{config_path}: not a valid rnca.json ({error!r}); retrain with nnUNetv2_train_rnca") \
                 from None
@@ -71,7 +74,7 @@ class RNCARefiner:
             first_line = str(error).strip().splitlines()[0]
             raise InputError(f"{weights_path}: weights do not fit {CONFIG_FILE} ({first_line}); "
                              f"copy the whole rnca/ folder from one training run") from None
-        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device)
+        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, min_component_size)
 
     def save(self, folder: str, extra_files: Sequence[str] = ()) -> None:
         """Write the refiner folder atomically: a crash never leaves a half-written rnca/."""
@@ -90,7 +93,7 @@ class RNCARefiner:
         return {"format_version": FORMAT_VERSION, "rule": vars(self.model.shape).copy(),
                 "labels": self.semantics.labels, "regions_class_order": self.semantics.regions_class_order,
                 "normalisation": vars(self.normalisation).copy(), "inference_steps": self.steps,
-                "trained_on": self.trained_on}
+                "min_component_size": self.min_component_size, "trained_on": self.trained_on}
 
     def check_compatible(self, model: ModelFolder) -> None:
         """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot)."""
@@ -120,7 +123,26 @@ class RNCARefiner:
             raise InputError(f"image shape {image.shape[1:]} differs from probabilities shape {probabilities.shape[1:]}")
         context = np.concatenate([self.normalisation(image), mask_from_probabilities(probabilities, self.semantics)])
         mask, used = self.refine_context(context, steps, stop_when_stable)
+        mask = self.remove_specks(mask)
         return probabilities_from_mask(mask, self.semantics), segmentation_from_mask(mask, self.semantics), used
+
+    def remove_specks(self, mask: np.ndarray) -> np.ndarray:
+        """Mask channels (K, Z, Y, X) without the label components smaller than `min_component_size` cells.
+
+        A rule that fills a gap from both ends can stop with a one-cell speck in the middle: each is a
+        whole beta0 error. The size limit is chosen on held-out cases at training time (0 keeps all).
+        """
+        if self.min_component_size <= 1:
+            return mask
+        segmentation = segmentation_from_mask(mask, self.semantics)
+        removed = cc3d.dust(segmentation, self.min_component_size, connectivity=26) != segmentation
+        mask = mask.copy()
+        mask[:, removed] = 0.0
+        return mask
+
+    def segment(self, mask: np.ndarray) -> np.ndarray:
+        """Refined mask channels -> the label map that prediction writes."""
+        return segmentation_from_mask(self.remove_specks(mask), self.semantics)
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
                        tile_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, int]:
@@ -143,8 +165,27 @@ class RNCARefiner:
         edge = 192 if self.model.shape.ndim == 2 else 96
         return tuple(min(edge, s) for s in spatial)
 
+    def evolution(self, image: np.ndarray, probabilities: np.ndarray, z: int,
+                  steps: Optional[int] = None) -> List[np.ndarray]:
+        """Label maps of slice `z` at the start and after each of `steps` steps (give the steps `refine` used).
+
+        A 2D rule needs only that slice; a 3D rule only the slab its reach covers, so this stays cheap."""
+        steps = self.steps if steps is None else steps
+        context = np.concatenate([self.normalisation(image), mask_from_probabilities(probabilities, self.semantics)])
+        if self.model.shape.ndim == 2:
+            batch, index = context[:, z][None], (0, slice(None), None)
+        else:
+            reach = self.model.receptive_radius(steps)
+            low, high = max(z - reach, 0), min(z + reach + 1, context.shape[1])
+            batch, index = context[None, :, low:high], (0, slice(None), slice(z - low, z - low + 1))
+        frames = [segmentation_from_mask(batch[index][-self.semantics.mask_channels:], self.semantics)[0]]
+        self._run(np.ascontiguousarray(batch), steps, False,
+                  on_step=lambda mask: frames.append(segmentation_from_mask(mask[index], self.semantics)[0]))
+        return frames
+
     @torch.inference_mode()
-    def _run(self, batch: np.ndarray, steps: int, stop_when_stable: bool, check_every: int = 8) -> Tuple[np.ndarray, int]:
+    def _run(self, batch: np.ndarray, steps: int, stop_when_stable: bool, check_every: int = 8,
+             on_step: Optional[Callable[[np.ndarray], None]] = None) -> Tuple[np.ndarray, int]:
         k = self.semantics.mask_channels
         context_input = torch.from_numpy(batch).to(self.device)
         state = self.model.initial_state(context_input[:, -k:])
@@ -152,6 +193,8 @@ class RNCARefiner:
         previous = None
         for step in range(1, steps + 1):
             state = self.model.step(state, context, 1.0)
+            if on_step is not None:
+                on_step(RNCA.read_mask(state, k).cpu().numpy())
             if stop_when_stable and step % check_every == 0:
                 binary = state[:, :k] > 0.5
                 if previous is not None and torch.equal(binary, previous):

@@ -127,31 +127,67 @@ class ValidationResult:
 
     @property
     def score(self) -> float:
-        """Lower is better: remaining share of topology errors, minus a reward for Dice gained."""
-        topo = lambda m: sum(c["beta0_error"] + c["beta1_error"] for c in m.values())  # noqa: E731
+        """Lower is better: remaining share of topology errors, minus a reward for Dice gained.
+
+        One error per class is added above and below the fraction, so that bases with almost no
+        topology errors (refining good labels) do not turn a few new errors into a huge ratio."""
+        topo = lambda m: sum(c["beta0_error"] + c["beta1_error"] + 1.0 for c in m.values())  # noqa: E731
         dice = lambda m: float(np.mean([c["dice"] for c in m.values()]))  # noqa: E731
-        return topo(self.after) / (topo(self.before) + 1e-6) - 5.0 * (dice(self.after) - dice(self.before))
+        return topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
 
 
-def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int) -> ValidationResult:
-    """Before/after metrics of whole held-out cases refined exactly as at prediction time."""
+def refine_cases(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> List[Tuple[np.ndarray, int]]:
+    """Refined mask channels and steps used of whole cases, exactly as at prediction time."""
+    return [refiner.refine_context(np.concatenate([case.image, case.mask]), refiner.steps, True) for case in cases]
+
+
+def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
+             refined: Optional[Sequence[Tuple[np.ndarray, int]]] = None) -> ValidationResult:
+    """Before/after metrics of whole held-out cases; `refined` reuses masks already computed."""
     semantics, per_case = refiner.semantics, []
-    for case in cases:
-        mask, steps = refiner.refine_context(np.concatenate([case.image, case.mask]), refiner.steps, True)
+    for case, (mask, steps) in zip(cases, refined or refine_cases(refiner, cases)):
         reference = segmentation_from_mask(case.target, semantics)
         entry = {"case": case.name, "steps": steps}
-        for key, m in (("before", case.mask), ("after", mask)):
-            entry[key] = case_metrics(segmentation_from_mask(m, semantics), reference, case.spacing, semantics.classes)
+        for key, segmentation in (("before", segmentation_from_mask(case.mask, semantics)),
+                                  ("after", refiner.segment(mask))):
+            entry[key] = case_metrics(segmentation, reference, case.spacing, semantics.classes)
         per_case.append(entry)
     return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),
                             mean_metrics([c["after"] for c in per_case]), per_case)
 
 
+MIN_COMPONENT_SIZES = (0, 2, 4, 8, 16, 32, 64)
+
+
+def choose_min_component_size(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
+                              log: Callable[[str], None]) -> ValidationResult:
+    """Pick the read-out's smallest kept component on held-out cases (like nnU-Net's post-processing
+    search); a size is taken only when it scores strictly better than every smaller one."""
+    refined = refine_cases(refiner, cases)
+    best = None
+    for size in MIN_COMPONENT_SIZES:
+        refiner.min_component_size = size
+        result = validate(refiner, cases, iteration, refined)
+        log(f"components < {size} cells removed: {_summary(result)} score {result.score:.3f}")
+        if best is None or result.score < best[1].score - 1e-6:
+            best = (size, result)
+    refiner.min_component_size = best[0]
+    return best[1]
+
+
+@dataclass
+class TrainingRecord:
+    """Losses, held-out validations per checkpoint, and the final refiner's validation (None without held-out cases)."""
+    losses: List[float]
+    validations: List[ValidationResult]
+    final: Optional[ValidationResult]
+
+
 def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
                   normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict,
                   device: torch.device, log: Callable[[str], None] = print,
-                  show_progress: bool = True) -> Tuple[RNCARefiner, List[ValidationResult], List[float]]:
-    """Train a rule; returns the refiner with the best held-out checkpoint, all validations and losses."""
+                  show_progress: bool = True) -> Tuple[RNCARefiner, TrainingRecord]:
+    """Train a rule; returns the refiner with the best held-out checkpoint and read-out, and the record."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
@@ -202,7 +238,13 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return refiner, validations, losses
+    final = None
+    if val_cases:
+        best = min(validations, key=lambda v: v.score)
+        final = choose_min_component_size(refiner, val_cases, best.iteration, log)
+        log(f"kept the checkpoint of iteration {best.iteration}, components of fewer than "
+            f"{refiner.min_component_size} cells removed: {_summary(final)}")
+    return refiner, TrainingRecord(losses, validations, final)
 
 
 def _summary(result: ValidationResult) -> str:
@@ -214,18 +256,18 @@ def _summary(result: ValidationResult) -> str:
     return "; ".join(parts)
 
 
-def write_training_outputs(folder: str, validations: Sequence[ValidationResult], losses: Sequence[float]) -> List[str]:
-    """validation.json (best checkpoint's before/after) and progress.png; returns the files written."""
+def write_training_outputs(folder: str, record: TrainingRecord) -> List[str]:
+    """validation.json (the kept refiner's before/after) and progress.png; returns the files written."""
     os.makedirs(folder, exist_ok=True)
     files = []
-    if validations:
-        best = min(validations, key=lambda v: v.score)
+    if record.final:
+        best = record.final
         path = os.path.join(folder, "validation.json")
         with open(path, "w") as handle:
             json.dump({"iteration": best.iteration, "mean_before": best.before, "mean_after": best.after,
                        "per_case": best.per_case}, handle, indent=2)
         files.append(path)
-    files.append(_plot_progress(os.path.join(folder, "progress.png"), validations, losses))
+    files.append(_plot_progress(os.path.join(folder, "progress.png"), record.validations, record.losses))
     return files
 
 
@@ -285,12 +327,9 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
                       "trainer": model.trainer, "plans": model.plans_identifier,
                       "channel_names": model.dataset_json["channel_names"],
                       "held_out_cases": [c.name for c in val_cases]}
-        refiner, validations, losses = train_refiner(train_cases, val_cases, model.semantics, model.normalisation,
+        refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation,
                                                      model.ndim, config, trained_on, device, log, show_progress)
-        if validations:
-            best = min(validations, key=lambda v: v.score)
-            log(f"kept the checkpoint of iteration {best.iteration}: {_summary(best)}")
-    extra = write_training_outputs(staging, validations, losses) + [log_path]
+    extra = write_training_outputs(staging, record) + [log_path]
     refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
     shutil.rmtree(staging, ignore_errors=True)
     return refiner

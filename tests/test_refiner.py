@@ -45,8 +45,10 @@ def test_tiled_refinement_equals_untiled(ndim, shape, tile):
 
 def test_save_and_load_round_trip(tmp_path):
     refiner = random_refiner(2)
+    refiner.min_component_size = 4
     refiner.save(str(tmp_path / "rnca"))
     loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
+    assert loaded.min_component_size == 4
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
     b, seg_b, _ = loaded.refine(image, probabilities)
@@ -97,3 +99,30 @@ def test_stable_masks_stop_early():
     image, probabilities = random_case((1, 24, 24))
     _, _, used = refiner.refine(image, probabilities, steps=64)
     assert used == 16
+
+
+def test_specks_below_the_chosen_size_are_removed_from_segmentation_and_probabilities():
+    refiner = random_refiner(2)
+    refiner.min_component_size = 3
+    mask = np.zeros((2, 1, 12, 12), np.float32)
+    mask[0, 0, 1:5, 1:5] = 0.9  # LV block of 16 cells: kept
+    mask[1, 0, 8, 8] = mask[1, 0, 9, 9] = 0.8  # MYO pair of 2 cells touching diagonally: removed
+    mask[1, 0, 1, 10] = 0.7  # a lone MYO cell: removed
+    mask[1, 0, 5, 5] = 0.9  # a lone MYO cell touching the LV block: its own label, removed
+    segmentation = refiner.segment(mask)
+    assert (segmentation == 1).sum() == 16 and (segmentation == 2).sum() == 0
+    assert np.array_equal((refiner.remove_specks(mask) > 0.5).any(0), segmentation > 0), "probabilities agree"
+    refiner.min_component_size = 2
+    assert (refiner.segment(mask) == 2).sum() == 2
+
+
+@pytest.mark.parametrize("ndim, shape, z", [(2, (5, 20, 24), 3), (3, (30, 16, 20), 21)])
+def test_evolution_ends_where_refinement_ends(ndim, shape, z):
+    refiner = random_refiner(ndim)
+    image, probabilities = random_case(shape)
+    _, segmentation, used = refiner.refine(image, probabilities, steps=5, stop_when_stable=False)
+    frames = refiner.evolution(image, probabilities, z, used)
+    assert len(frames) == used + 1
+    np.testing.assert_array_equal(frames[0], probabilities[:, z].argmax(0))
+    np.testing.assert_array_equal(frames[-1], segmentation[z])
+    assert not np.array_equal(frames[0], frames[-1]), "the rule must change the slice for the test to mean anything"
