@@ -2,7 +2,7 @@
 
 For each dataset: generate it, train nnU-Net briefly on CPU (folds 0-2, --npz), train the rNCA on the
 CV predictions, predict the held-out test cases, then compare on them: no post-processing, nnU-Net's
-keep-largest-component, morphological closing, the rNCA read-out's speck filter alone, rNCA, and
+keep-largest-component, morphological closing, the rNCA read-out's clean-up alone, rNCA, and
 zero-shot rNCA (the cardiac2d refiner applied slice by slice to cardiac3d). Prints one table per
 dataset and writes them to a markdown file.
 
@@ -14,10 +14,10 @@ import argparse
 import os
 import shutil
 import time
-from functools import partial
 from typing import List, Optional
 
-from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing, remove_small_components
+from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
+from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
 from rnca_nnunet.data import read_model_folder
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.evaluate import COLUMNS, evaluate_folders
@@ -46,16 +46,24 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
     apply_to_folder(keep_largest_component, labels, folders["base"], folders["largest component"], model.file_ending)
     apply_to_folder(morphological_closing, labels, folders["base"], folders["closing"], model.file_ending)
     if iterations:
-        min_size = RNCARefiner.from_folder(os.path.join(model_folder, "rnca")).min_component_size
-        if min_size > 1:
-            specks = folders[f"specks < {min_size} cells removed"] = os.path.join(out, "predictions", "specks removed")
-            apply_to_folder(partial(remove_small_components, min_size=min_size), labels, folders["base"], specks,
-                            model.file_ending)
+        add_cleanup_baseline(folders, RNCARefiner.from_folder(os.path.join(model_folder, "rnca")), labels,
+                             os.path.join(out, "predictions", "clean-up alone"), model.file_ending)
         folders["rNCA"] = os.path.join(out, "predictions", "rNCA")
         run_step(["nnUNetv2_refine_rnca", "-i", folders["base"], "-images", images, "-o", folders["rNCA"],
                   "-m", model_folder, "-device", "cpu"], env, log)
     return {"model_folder": model_folder, "folders": folders, "images": images,
             "labels": os.path.join(env["nnUNet_raw"], dataset, "labelsTs")}
+
+
+def add_cleanup_baseline(folders: dict, refiner: RNCARefiner, labels: List[int], out_folder: str,
+                         file_ending: str) -> None:
+    """The rNCA read-out's clean-up alone on the base masks, when the refiner uses one: shows what the rule adds."""
+    specks, holes = refiner.min_component_size, refiner.min_hole_size
+    if max(specks, holes) > 1:
+        folders[f"clean-up alone (specks < {specks}, holes < {holes})"] = out_folder
+        clean = lambda segmentation, labels: fill_small_holes(  # noqa: E731
+            remove_small_components(segmentation, labels, specks), holes, refiner.model.shape.ndim == 2)
+        apply_to_folder(clean, labels, folders["base"], out_folder, file_ending)
 
 
 def zero_shot(source: dict, target: dict, out: str, log) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
-from quality import compare_methods, results_table, write_markdown
+from quality import add_cleanup_baseline, compare_methods, results_table, write_markdown
 from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.demo import nnunet_environment, train_base_model
@@ -40,9 +40,11 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: int) -
     refiner, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
                                   torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False)
     folders = {"base": os.path.join(folder, f"labelsTs_{kind}"),
-               **{name: os.path.join(out, kind, name) for name in ("largest component", "closing", "rNCA")}}
+               **{name: os.path.join(out, kind, name) for name in ("largest component", "closing")}}
     apply_to_folder(keep_largest_component, [1], folders["base"], folders["largest component"], ".png")
     apply_to_folder(morphological_closing, [1], folders["base"], folders["closing"], ".png")
+    add_cleanup_baseline(folders, refiner, [1], os.path.join(out, kind, "clean-up alone"), ".png")
+    folders["rNCA"] = os.path.join(out, kind, "rNCA")
     write_refined(refiner, imperfect_label_cases(folder, "Ts", kind, Normalisation(["NoNormalization"] * 3, {})),
                   folders["rNCA"])
     return results_table(f"TopoMortar, refining the `{kind}` labels (val split)",

@@ -1,10 +1,10 @@
-"""Classical post-processing that a refiner has to beat: nnU-Net's largest-component rule, closing, speck removal."""
+"""Classical post-processing that a refiner has to beat: nnU-Net's largest-component rule and closing
+(speck removal, the rNCA read-out's filter on its own, is in rnca_nnunet.cleanup)."""
 from __future__ import annotations
 
 import os
 from typing import Callable, List
 
-import cc3d
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p, subfiles
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
@@ -30,15 +30,6 @@ def morphological_closing(segmentation: np.ndarray, labels: List[int], radius: i
     for label in labels:
         closed = ndimage.binary_closing(segmentation == label, footprint)
         out[closed & (out == 0)] = label
-    return out
-
-
-def remove_small_components(segmentation: np.ndarray, labels: List[int], min_size: int) -> np.ndarray:
-    """Drop every component of the given labels smaller than `min_size` cells: the rNCA read-out's filter
-    alone, so a benchmark can tell what the rule adds."""
-    specks = cc3d.dust(segmentation, min_size, connectivity=26) != segmentation
-    out = segmentation.copy()
-    out[specks & np.isin(segmentation, labels)] = 0
     return out
 
 

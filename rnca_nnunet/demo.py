@@ -2,7 +2,7 @@
 
 Generated vessel dataset -> nnUNetv2_plan_and_preprocess -> short nnU-Net training of all 5 folds
 with --npz -> nnUNetv2_train_rnca -> nnUNetv2_predict_rnca on held-out cases without and with
---refiner rnca -> nnUNetv2_evaluate_rnca before/after table.
+--refiner rnca (with --png/--gif pictures) -> nnUNetv2_evaluate_rnca before/after table.
 """
 from __future__ import annotations
 
@@ -73,13 +73,14 @@ def run_demo(out: str, dataset_id: int = 991, cases: int = 30, test_cases: int =
         run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", "2d", "-tr", TRAINER, "-device", "cpu",
               "--iterations", str(rnca_iterations), "--disable_progress_bar"], env, log)
         run_step(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_nnunet")], env, log)
-        run_step(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_rnca"), "--refiner", "rnca"],
-             env, log)
+        run_step(["nnUNetv2_predict_rnca", *predict, "-o", os.path.join(out, "predicted_rnca"), "--refiner", "rnca",
+                  "--png", os.path.join(out, "pictures"), "--gif", os.path.join(out, "pictures")], env, log)
         table = subprocess.run(["nnUNetv2_evaluate_rnca", "-ref", labels, "-pred",
                                 os.path.join(out, "predicted_nnunet"), "-pred_refined",
                                 os.path.join(out, "predicted_rnca"), "-o", os.path.join(out, "summary.json")],
                                env=env, capture_output=True, text=True, check=True).stdout
-    print(f"\nHeld-out test cases, nnU-Net (base) vs nnU-Net + rNCA (refined):\n\n{table}")
+    print(f"\nHeld-out test cases, nnU-Net (base) vs nnU-Net + rNCA (refined):\n\n{table}\n\n"
+          f"Before/after pictures and the rule's step-by-step GIFs: {os.path.join(out, 'pictures')}")
     return table
 
 

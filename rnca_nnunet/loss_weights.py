@@ -22,26 +22,30 @@ def centreline(target: np.ndarray) -> np.ndarray:
     return out
 
 
-def spurious_components(mask: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Cells of the components of `mask` that touch no `target` cell (boolean arrays, 2D or 3D)."""
-    labels = cc3d.connected_components(mask, connectivity=8 if mask.ndim == 2 else 26)
+def spurious_components(mask: np.ndarray, target: np.ndarray, background: bool = False) -> np.ndarray:
+    """Cells of the components of `mask` that touch no `target` cell (boolean arrays, 2D or 3D); components
+    are 8/26-connected, or 4/6-connected with `background` (the convention for background and holes)."""
+    connectivity = (4 if mask.ndim == 2 else 6) if background else (8 if mask.ndim == 2 else 26)
+    labels = cc3d.connected_components(mask, connectivity=connectivity)
     touching = np.unique(labels[target])
     return (labels > 0) & ~np.isin(labels, touching)
 
 
 def topology_focus(mask: np.ndarray, target: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """(K, *spatial) mask, target, centreline -> (K, *spatial) bool: spurious components and broken centreline."""
+    """(K, *spatial) mask, target, centreline -> (K, *spatial) bool: spurious components, spurious holes
+    (background components lying wholly inside the label: each is a beta1 error) and broken centreline."""
     binary, truth = mask > 0.5, target > 0.5
     focus = line & ~binary
     for k in range(binary.shape[0]):
         focus[k] |= spurious_components(binary[k], truth[k])
+        focus[k] |= spurious_components(~binary[k], ~truth[k], background=True)
     return focus
 
 
 def loss_weights(mask: torch.Tensor, target: torch.Tensor, line: torch.Tensor, valid: torch.Tensor,
                  error_weight: float, topology_weight: float) -> torch.Tensor:
     """(B, K, *spatial) weights: 1, plus `error_weight` where the mask is wrong, plus `topology_weight`
-    on cells of spurious components and on the broken centreline."""
+    on cells of spurious components and holes and on the broken centreline."""
     with torch.no_grad():
         wrong = ((mask > 0.5) != (target > 0.5)).float()
         masks, targets, lines = (t.cpu().numpy() for t in (mask, target, line > 0.5))

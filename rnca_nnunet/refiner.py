@@ -1,7 +1,7 @@
 """RNCARefiner: a trained rule plus everything needed to apply it to an nnU-Net prediction.
 
 A refiner is one folder, `rnca/`: `refiner.safetensors` (weights, never pickled) and `rnca.json`
-(rule shape, label semantics, normalisation, step count, smallest kept component, what it was trained on).
+(rule shape, label semantics, normalisation, step count, read-out clean-up sizes, what it was trained on).
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ import tempfile
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import cc3d
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.state import (LabelSemantics, Normalisation, mask_from_probabilities, probabilities_from_mask,
-                               segmentation_from_mask)
+                               segmentation_from_mask, target_from_label)
 
 FOLDER_NAME = "rnca"
 WEIGHTS_FILE = "refiner.safetensors"
@@ -39,7 +39,8 @@ class RNCARefiner:
     """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`."""
 
     def __init__(self, model: RNCA, semantics: LabelSemantics, normalisation: Normalisation, steps: int,
-                 trained_on: Dict, device: Optional[torch.device] = None, min_component_size: int = 0):
+                 trained_on: Dict, device: Optional[torch.device] = None, min_component_size: int = 0,
+                 min_hole_size: int = 0):
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
         self.semantics = semantics
@@ -47,6 +48,7 @@ class RNCARefiner:
         self.steps = steps
         self.trained_on = trained_on
         self.min_component_size = min_component_size
+        self.min_hole_size = min_hole_size
         self.max_tile_cells = 256 ** 2 * 16 if model.shape.ndim == 2 else 128 ** 3
 
     @classmethod
@@ -63,7 +65,7 @@ class RNCARefiner:
             semantics = LabelSemantics(config["labels"], config.get("regions_class_order"))
             normalisation = Normalisation(**config["normalisation"])
             steps = int(config["inference_steps"])
-            min_component_size = int(config.get("min_component_size", 0))
+            read_out = (int(config.get("min_component_size", 0)), int(config.get("min_hole_size", 0)))
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise InputError(f"{config_path}: not a valid rnca.json ({error!r}); retrain with nnUNetv2_train_rnca") \
                 from None
@@ -74,7 +76,7 @@ class RNCARefiner:
             first_line = str(error).strip().splitlines()[0]
             raise InputError(f"{weights_path}: weights do not fit {CONFIG_FILE} ({first_line}); "
                              f"copy the whole rnca/ folder from one training run") from None
-        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, min_component_size)
+        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, *read_out)
 
     def save(self, folder: str, extra_files: Sequence[str] = ()) -> None:
         """Write the refiner folder atomically: a crash never leaves a half-written rnca/."""
@@ -93,7 +95,8 @@ class RNCARefiner:
         return {"format_version": FORMAT_VERSION, "rule": vars(self.model.shape).copy(),
                 "labels": self.semantics.labels, "regions_class_order": self.semantics.regions_class_order,
                 "normalisation": vars(self.normalisation).copy(), "inference_steps": self.steps,
-                "min_component_size": self.min_component_size, "trained_on": self.trained_on}
+                "min_component_size": self.min_component_size, "min_hole_size": self.min_hole_size,
+                "trained_on": self.trained_on}
 
     def check_compatible(self, model: ModelFolder) -> None:
         """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot)."""
@@ -123,26 +126,27 @@ class RNCARefiner:
             raise InputError(f"image shape {image.shape[1:]} differs from probabilities shape {probabilities.shape[1:]}")
         context = np.concatenate([self.normalisation(image), mask_from_probabilities(probabilities, self.semantics)])
         mask, used = self.refine_context(context, steps, stop_when_stable)
-        mask = self.remove_specks(mask)
+        mask = self.clean(mask)
         return probabilities_from_mask(mask, self.semantics), segmentation_from_mask(mask, self.semantics), used
 
-    def remove_specks(self, mask: np.ndarray) -> np.ndarray:
-        """Mask channels (K, Z, Y, X) without the label components smaller than `min_component_size` cells.
-
-        A rule that fills a gap from both ends can stop with a one-cell speck in the middle: each is a
-        whole beta0 error. The size limit is chosen on held-out cases at training time (0 keeps all).
-        """
-        if self.min_component_size <= 1:
+    def clean(self, mask: np.ndarray) -> np.ndarray:
+        """Mask channels (K, Z, Y, X) without components smaller than `min_component_size` cells and with
+        holes smaller than `min_hole_size` cells filled (see cleanup.py); both sizes are chosen on held-out
+        cases at training time."""
+        if self.min_component_size <= 1 and self.min_hole_size <= 1:
             return mask
         segmentation = segmentation_from_mask(mask, self.semantics)
-        removed = cc3d.dust(segmentation, self.min_component_size, connectivity=26) != segmentation
+        labels = [int(v) for v in np.unique(segmentation) if v > 0]
+        cleaned = fill_small_holes(remove_small_components(segmentation, labels, self.min_component_size),
+                                   self.min_hole_size, per_slice=self.model.shape.ndim == 2)
+        changed = cleaned != segmentation
         mask = mask.copy()
-        mask[:, removed] = 0.0
+        mask[:, changed] = target_from_label(cleaned[changed], self.semantics)[0]
         return mask
 
     def segment(self, mask: np.ndarray) -> np.ndarray:
         """Refined mask channels -> the label map that prediction writes."""
-        return segmentation_from_mask(self.remove_specks(mask), self.semantics)
+        return segmentation_from_mask(self.clean(mask), self.semantics)
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
                        tile_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, int]:

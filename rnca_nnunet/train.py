@@ -156,23 +156,26 @@ def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int
                             mean_metrics([c["after"] for c in per_case]), per_case)
 
 
-MIN_COMPONENT_SIZES = (0, 2, 4, 8, 16, 32, 64)
+READ_OUT_SIZES = (0, 2, 4, 8, 16, 32, 64)
 
 
-def choose_min_component_size(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
-                              log: Callable[[str], None]) -> ValidationResult:
-    """Pick the read-out's smallest kept component on held-out cases (like nnU-Net's post-processing
-    search); a size is taken only when it scores strictly better than every smaller one."""
+def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
+                    log: Callable[[str], None]) -> ValidationResult:
+    """Pick the read-out's smallest kept component, then its smallest kept hole, on held-out cases (like
+    nnU-Net's post-processing search); a size is taken only when it scores strictly better than every
+    smaller one."""
     refined = refine_cases(refiner, cases)
     best = None
-    for size in MIN_COMPONENT_SIZES:
-        refiner.min_component_size = size
-        result = validate(refiner, cases, iteration, refined)
-        log(f"components < {size} cells removed: {_summary(result)} score {result.score:.3f}")
-        if best is None or result.score < best[1].score - 1e-6:
-            best = (size, result)
-    refiner.min_component_size = best[0]
-    return best[1]
+    for setting in ("min_component_size", "min_hole_size"):
+        chosen = 0
+        for size in READ_OUT_SIZES:
+            setattr(refiner, setting, size)
+            result = validate(refiner, cases, iteration, refined)
+            log(f"{setting} {size}: {_summary(result)} score {result.score:.3f}")
+            if best is None or result.score < best.score - 1e-6:
+                best, chosen = result, size
+        setattr(refiner, setting, chosen)
+    return best
 
 
 @dataclass
@@ -241,9 +244,10 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     final = None
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        final = choose_min_component_size(refiner, val_cases, best.iteration, log)
+        final = choose_read_out(refiner, val_cases, best.iteration, log)
         log(f"kept the checkpoint of iteration {best.iteration}, components of fewer than "
-            f"{refiner.min_component_size} cells removed: {_summary(final)}")
+            f"{refiner.min_component_size} cells removed, holes of fewer than {refiner.min_hole_size} "
+            f"cells filled: {_summary(final)}")
     return refiner, TrainingRecord(losses, validations, final)
 
 

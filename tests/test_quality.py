@@ -3,7 +3,7 @@
 The base masks are synthetic corruptions of the labels (breaks, specks, holes, thickness changes),
 so the check takes minutes on a CPU. An identity refiner fails it: the rule alone must remove at least
 half of the beta0 (component) errors without costing more than one Dice point, and the read-out's
-speck filter (chosen on the training's held-out cases) must not undo that.
+clean-up (sizes chosen on the training's held-out cases) must not undo that.
 """
 import torch
 
@@ -23,7 +23,7 @@ def test_refiner_halves_beta0_errors_on_held_out_fragmented_vessels():
                                Normalisation(["ZScoreNormalization"], {}), 2, config, {},
                                torch.device("cpu"), log=lambda line: None, show_progress=False)
     shipped = validate(refiner, held_out, config.iterations)
-    refiner.min_component_size = 0
+    refiner.min_component_size = refiner.min_hole_size = 0
     rule_alone = validate(refiner, held_out, config.iterations)
     before, after, filtered = rule_alone.before["vessel"], rule_alone.after["vessel"], shipped.after["vessel"]
     assert before["beta0_error"] >= 5, "the base masks must be fragmented for the check to mean anything"

@@ -45,10 +45,10 @@ def test_tiled_refinement_equals_untiled(ndim, shape, tile):
 
 def test_save_and_load_round_trip(tmp_path):
     refiner = random_refiner(2)
-    refiner.min_component_size = 4
+    refiner.min_component_size, refiner.min_hole_size = 4, 8
     refiner.save(str(tmp_path / "rnca"))
     loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
-    assert loaded.min_component_size == 4
+    assert (loaded.min_component_size, loaded.min_hole_size) == (4, 8)
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
     b, seg_b, _ = loaded.refine(image, probabilities)
@@ -101,19 +101,21 @@ def test_stable_masks_stop_early():
     assert used == 16
 
 
-def test_specks_below_the_chosen_size_are_removed_from_segmentation_and_probabilities():
+def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
     refiner = random_refiner(2)
-    refiner.min_component_size = 3
+    refiner.min_component_size, refiner.min_hole_size = 3, 2
     mask = np.zeros((2, 1, 12, 12), np.float32)
-    mask[0, 0, 1:5, 1:5] = 0.9  # LV block of 16 cells: kept
+    mask[0, 0, 1:5, 1:5] = 0.9  # LV block of 16 cells with a one-cell pinhole: kept, hole filled
+    mask[0, 0, 2, 2] = 0.1
     mask[1, 0, 8, 8] = mask[1, 0, 9, 9] = 0.8  # MYO pair of 2 cells touching diagonally: removed
-    mask[1, 0, 1, 10] = 0.7  # a lone MYO cell: removed
     mask[1, 0, 5, 5] = 0.9  # a lone MYO cell touching the LV block: its own label, removed
     segmentation = refiner.segment(mask)
     assert (segmentation == 1).sum() == 16 and (segmentation == 2).sum() == 0
-    assert np.array_equal((refiner.remove_specks(mask) > 0.5).any(0), segmentation > 0), "probabilities agree"
-    refiner.min_component_size = 2
-    assert (refiner.segment(mask) == 2).sum() == 2
+    _, written, _ = refiner.refine(np.zeros((1, 1, 12, 12), np.float32), np.concatenate([1 - mask.sum(0, keepdims=True), mask]), steps=0)
+    np.testing.assert_array_equal(written, segmentation)
+    assert np.array_equal((refiner.clean(mask) > 0.5).any(0), segmentation > 0), "probabilities agree"
+    refiner.min_component_size, refiner.min_hole_size = 2, 0
+    assert (refiner.segment(mask) == 2).sum() == 2 and refiner.segment(mask)[0, 2, 2] == 0
 
 
 @pytest.mark.parametrize("ndim, shape, z", [(2, (5, 20, 24), 3), (3, (30, 16, 20), 21)])

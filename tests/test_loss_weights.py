@@ -1,0 +1,34 @@
+"""The loss looks hardest at the cells that decide the topology, and only there."""
+import numpy as np
+from skimage.draw import disk
+
+from rnca_nnunet.loss_weights import centreline, topology_focus
+
+
+def ring(size=48, outer=16, inner=9):
+    mask = np.zeros((size, size), bool)
+    mask[disk((size // 2, size // 2), outer, shape=mask.shape)] = True
+    mask[disk((size // 2, size // 2), inner, shape=mask.shape)] = False
+    return mask
+
+
+def focus_of(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    target = label[None].astype(np.float32)
+    return topology_focus(prediction[None].astype(np.float32), target, centreline(target))[0]
+
+
+def test_a_correct_mask_has_no_focus():
+    assert not focus_of(ring(), ring()).any()
+
+
+def test_specks_pinholes_and_breaks_are_in_focus_but_a_true_hole_is_not():
+    label = ring()
+    prediction = label.copy()
+    prediction[2, 2] = True  # a speck far from the label
+    prediction[24, 24 + 12] = False  # a pinhole in the ring wall
+    prediction[:, 22:26] &= np.arange(48)[:, None] > 12  # a break across the top of the ring
+    focus = focus_of(prediction, label)
+    assert focus[2, 2] and focus[24, 36]
+    assert focus[5:12, 22:26].any(), "the missing centreline of the break"
+    assert not focus[24, 24], "the ring's own hole is right"
+    assert not focus[40:, :].any(), "nothing where the mask is right"
