@@ -159,23 +159,23 @@ def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int
 READ_OUT_SIZES = (0, 2, 4, 8, 16, 32, 64)
 
 
-def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
-                    log: Callable[[str], None]) -> ValidationResult:
-    """Pick the read-out's smallest kept component, then its smallest kept hole, on held-out cases (like
-    nnU-Net's post-processing search); a size is taken only when it scores strictly better than every
-    smaller one."""
+def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None]) -> None:
+    """Set the read-out's smallest kept component, then its smallest kept hole (like nnU-Net's
+    post-processing search); a size is taken only when it scores strictly better than every smaller one.
+
+    Two numbers, not a rule: they are chosen on every case with a CV prediction, because rare pinholes
+    and specks may not show in the few held-out cases."""
     refined = refine_cases(refiner, cases)
     best = None
     for setting in ("min_component_size", "min_hole_size"):
         chosen = 0
         for size in READ_OUT_SIZES:
             setattr(refiner, setting, size)
-            result = validate(refiner, cases, iteration, refined)
-            log(f"{setting} {size}: {_summary(result)} score {result.score:.3f}")
+            result = validate(refiner, cases, 0, refined)
+            log(f"{setting} {size} on all {len(cases)} cases: {_summary(result)} score {result.score:.3f}")
             if best is None or result.score < best.score - 1e-6:
                 best, chosen = result, size
         setattr(refiner, setting, chosen)
-    return best
 
 
 @dataclass
@@ -244,7 +244,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     final = None
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        final = choose_read_out(refiner, val_cases, best.iteration, log)
+        choose_read_out(refiner, [*train_cases, *val_cases], log)
+        final = validate(refiner, val_cases, best.iteration)
         log(f"kept the checkpoint of iteration {best.iteration}, components of fewer than "
             f"{refiner.min_component_size} cells removed, holes of fewer than {refiner.min_hole_size} "
             f"cells filled: {_summary(final)}")
