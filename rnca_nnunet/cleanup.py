@@ -2,7 +2,7 @@
 
 A rule that fills a gap from both ends can stop with a one-cell speck in the middle, and one that
 thickens a wall can leave a one-cell pinhole in it: each is a whole beta0 or beta1 error that a
-pixel loss barely sees. Sizes are chosen on held-out cases; 0 changes nothing.
+pixel loss barely sees. Sizes are chosen on the CV cases after training; 0 changes nothing.
 """
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ class RNCARefiner:
 
     def clean(self, mask: np.ndarray) -> np.ndarray:
         """Mask channels (K, Z, Y, X) without components smaller than `min_component_size` cells and with
-        holes smaller than `min_hole_size` cells filled (see cleanup.py); both sizes are chosen on held-out
+        holes smaller than `min_hole_size` cells filled (see cleanup.py); both sizes are chosen on the CV
         cases at training time."""
         if self.min_component_size <= 1 and self.min_hole_size <= 1:
             return mask
