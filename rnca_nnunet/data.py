@@ -14,6 +14,7 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, load_pickle
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.utils import create_paths_fn
 
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.state import LabelSemantics, Normalisation, mask_from_probabilities, target_from_label
@@ -105,11 +106,13 @@ def read_probabilities(npz_path: str) -> Tuple[np.ndarray, dict]:
     return probabilities, load_pickle(pkl)
 
 
-def image_files(images_folder: str, case: str, file_ending: str, channels: int) -> List[str]:
-    files = [join(images_folder, f"{case}_{c:04d}{file_ending}") for c in range(channels)]
-    missing = [f for f in files if not isfile(f)]
-    if missing:
-        raise InputError(f"{missing[0]} not found: the image of case '{case}' must be in {images_folder}")
+def image_files(images_folder: str, case: str, file_ending: str) -> List[str]:
+    """The case's image files `<case>_XXXX<ending>`, found as nnU-Net finds them: one file per channel,
+    or one file holding several (an RGB .png)."""
+    files = create_paths_fn(images_folder, sorted(os.listdir(images_folder)), file_ending, case)
+    if not files:
+        raise InputError(f"{join(images_folder, case + '_0000' + file_ending)} not found: the image of case "
+                         f"'{case}' must be in {images_folder}")
     return files
 
 
@@ -128,8 +131,7 @@ def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, la
     case = os.path.basename(npz_path)[:-4]
     probabilities, _ = read_probabilities(npz_path)
     reader = model.reader_writer
-    channels = len(model.dataset_json["channel_names"])
-    image, properties = reader.read_images(image_files(images_folder, case, model.file_ending, channels))
+    image, properties = reader.read_images(image_files(images_folder, case, model.file_ending))
     label_file = join(labels_folder, case + model.file_ending)
     if not isfile(label_file):
         raise InputError(f"{label_file} not found: run nnUNetv2_plan_and_preprocess for {model.dataset_name} "

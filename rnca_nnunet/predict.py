@@ -57,7 +57,7 @@ def refine_case(refiner: Refiner, model: ModelFolder, npz_path: str, images_fold
     """Refine one exported case and write it like nnU-Net does (pictures too if asked); returns the steps used."""
     case = os.path.basename(npz_path)[:-4]
     probabilities, properties = read_probabilities(npz_path)
-    files = image_files(images_folder, case, model.file_ending, len(model.dataset_json["channel_names"]))
+    files = image_files(images_folder, case, model.file_ending)
     image, _ = model.reader_writer.read_images(files)
     refined, segmentation, used = refiner.refine(image, probabilities, steps)
     write_pictures(pictures, case, refiner, model.semantics, image, probabilities, segmentation, used)

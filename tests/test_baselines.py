@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from skimage import io
 
 from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
@@ -70,3 +71,15 @@ def test_topomortar_converter_writes_an_nnunet_dataset_with_imperfect_labels(tmp
     case = cases[0]
     assert case.image.shape == (3, 1, 8, 8) and case.mask.shape == case.target.shape == (1, 1, 8, 8)
     assert not np.array_equal(case.mask, case.target)
+
+
+def test_image_files_are_found_as_nnunet_finds_them(tmp_path):
+    from rnca_nnunet.data import image_files
+    from rnca_nnunet.errors import InputError
+
+    for name in ("rgb_0000.png", "mr_0000.nii.gz", "mr_0001.nii.gz", "mr_10_0000.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    assert image_files(str(tmp_path), "rgb", ".png") == [str(tmp_path / "rgb_0000.png")]
+    assert image_files(str(tmp_path), "mr", ".nii.gz") == [str(tmp_path / f"mr_000{c}.nii.gz") for c in (0, 1)]
+    with pytest.raises(InputError, match="nope_0000.png not found"):
+        image_files(str(tmp_path), "nope", ".png")
