@@ -17,7 +17,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 

@@ -5,13 +5,16 @@ Bad input ends with one line on stderr that names the file and the fix, and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 
+from rnca_nnunet.config import check_steps
 from rnca_nnunet.errors import InputError
 
 
@@ -103,41 +106,161 @@ def _load_refiner(name: str, model_folder: str, device: torch.device):
     return model, refiner
 
 
+# Every option of nnUNetv2_predict that `run_prediction` passes on. An option nnU-Net adds later is refused
+# with a clear message until it is handled here, instead of being silently ignored.
+NNUNET_PREDICT_OPTIONS = frozenset({
+    "i", "o", "d", "p", "tr", "c", "f", "step_size", "disable_tta", "verbose", "save_probabilities",
+    "continue_prediction", "chk", "npp", "nps", "prev_stage_predictions", "num_parts", "part_id", "device",
+    "disable_progress_bar", "not_on_device"})
+REFINER_OPTIONS = ("refiner", "refiner_steps", "png", "gif")
+
+
+class _ParserHandedOver(Exception):
+    pass
+
+
+def nnunet_predict_parser() -> argparse.ArgumentParser:
+    """nnUNetv2_predict's own parser, so every flag, abbreviation (--save_prob) and attached value (-oDIR)
+    behaves exactly as there. nnU-Net builds it inside its entry point and offers no function for it, so the
+    entry point runs up to its parse_args, which hands the parser over instead of parsing anything."""
+    from nnunetv2.inference import predict_from_raw_data
+
+    def hand_over(parser: argparse.ArgumentParser, *args, **kwargs):
+        raise _ParserHandedOver(parser)
+
+    parse_args = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = hand_over
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            predict_from_raw_data.predict_entry_point()
+    except _ParserHandedOver as handed_over:
+        return handed_over.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = parse_args
+    raise RuntimeError("nnunetv2's predict_entry_point builds no argparse parser; this nnunetv2 is not supported")
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = nnunet_predict_parser()
+    parser.prog = "nnUNetv2_predict_rnca"
+    parser.description = "nnUNetv2_predict with every one of its arguments, plus a refiner as the last stage."
+    group = parser.add_argument_group("refinement (rnca-nnunet)")
+    group.add_argument("--refiner", default="none",
+                       help="refiner to run last: rnca (the rnca/ folder inside the model folder) or none (default: "
+                            "none, exactly nnUNetv2_predict)")
+    group.add_argument("--refiner_steps", type=int, default=None, help="override the refiner's step count")
+    group.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
+    group.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
+    return parser
+
+
 @_friendly_errors
-def predict_entry_point() -> None:
-    """nnUNetv2_predict with every one of its arguments, plus --refiner NAME and --refiner_steps N."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--refiner", default="none")
-    parser.add_argument("--refiner_steps", type=int, default=None)
-    parser.add_argument("--png", default=None)
-    parser.add_argument("--gif", default=None)
-    ours, rest = parser.parse_known_args()
-    if "-h" in rest or "--help" in rest:
-        print("nnUNetv2_predict_rnca: nnUNetv2_predict plus\n  --refiner NAME        refiner to run last "
-              "(rnca, none; default none)\n  --refiner_steps N     override the refiner's step count\n"
-              "  --png DIR             before/after overlay per case\n"
-              "  --gif DIR             the refiner's step-by-step evolution per case\n")
-    if ours.refiner == "none" or "-h" in rest or "--help" in rest:
-        from nnunetv2.inference.predict_from_raw_data import predict_entry_point as nnunet_predict
+def predict_entry_point(argv: Optional[List[str]] = None) -> None:
+    """nnUNetv2_predict with every one of its arguments, plus --refiner NAME, --refiner_steps N, --png, --gif."""
+    parser = predict_parser()
+    args = parser.parse_args(argv)
+    unhandled = sorted(a.dest for a in parser._actions
+                       if a.dest not in NNUNET_PREDICT_OPTIONS | {"help", *REFINER_OPTIONS}
+                       and getattr(args, a.dest) != a.default)
+    if unhandled:
+        raise InputError(f"nnUNetv2_predict option(s) {unhandled} are not supported by this rnca-nnunet version; "
+                         f"use nnUNetv2_predict, or update rnca-nnunet")
+    if args.refiner == "none" and (args.refiner_steps is not None or args.png or args.gif):
+        raise InputError("--refiner_steps, --png and --gif need a refiner; add --refiner rnca")
+    run_prediction(args)
 
-        sys.argv = [sys.argv[0], *rest]
-        nnunet_predict()
-        return
-    from rnca_nnunet.predict import PictureFolders, predict_with_refiner
 
-    known = argparse.ArgumentParser(add_help=False)
-    for flag, default in (("-i", None), ("-o", None), ("-d", None), ("-c", None), ("-tr", "nnUNetTrainer"),
-                          ("-p", "nnUNetPlans"), ("-device", "cuda")):
-        known.add_argument(flag, default=default)
-    args, _ = known.parse_known_args(rest)
-    missing = [f"-{k}" for k in ("i", "o", "d", "c") if getattr(args, k) is None]
-    if missing:
-        raise InputError(f"nnUNetv2_predict_rnca needs {' '.join(missing)} like nnUNetv2_predict")
-    device = _device(args.device if args.device != "cuda" or torch.cuda.is_available() else "cpu")
-    model, refiner = _load_refiner(ours.refiner, _model_folder(args.d, args.tr, args.p, args.c), device)
-    if refiner is None:
-        raise InputError(f"refiner '{ours.refiner}' refines nothing; drop --refiner to predict without one")
-    predict_with_refiner(rest, refiner, model, ours.refiner_steps, PictureFolders(ours.png, ours.gif))
+def run_prediction(args: argparse.Namespace) -> None:
+    """What nnU-Net's predict_entry_point does with its arguments, with RNCAPredictor as the predictor."""
+    import multiprocessing
+
+    from rnca_nnunet.predict import PictureFolders
+    from rnca_nnunet.predictor import RNCAPredictor
+
+    model_folder = _model_folder(args.d, args.tr, args.p, args.c)
+    folds = check_prediction_arguments(args, model_folder)
+    device = _device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+    elif device.type == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    steps = None if args.refiner_steps is None else check_steps(args.refiner_steps, "--refiner_steps")
+    predictor = RNCAPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
+                              perform_everything_on_device=not args.not_on_device, device=device,
+                              verbose=args.verbose, verbose_preprocessing=args.verbose,
+                              allow_tqdm=not args.disable_progress_bar, refiner_steps=steps,
+                              pictures=PictureFolders(args.png, args.gif))
+    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk,
+                                                   refiner=None if args.refiner == "none" else args.refiner)
+    if args.refiner != "none" and predictor.refiner is None:
+        raise InputError(f"refiner '{args.refiner}' refines nothing; drop --refiner to predict without one")
+    os.makedirs(args.o, exist_ok=True)
+    with diagnosed_input_errors(args.i, predictor):
+        if args.npp == 0 and args.nps == 0:
+            predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
+                                                    overwrite=not args.continue_prediction,
+                                                    folder_with_segs_from_prev_stage=args.prev_stage_predictions)
+        else:
+            predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                         overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
+                                         num_processes_segmentation_export=args.nps,
+                                         folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                         num_parts=args.num_parts, part_id=args.part_id)
+
+
+def check_prediction_arguments(args: argparse.Namespace, model_folder: str) -> List:
+    """Everything nnU-Net would otherwise meet as an assertion, a traceback or a silent no-op; returns the folds."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    from rnca_nnunet.data import read_model_folder
+
+    if not os.path.isdir(args.i):
+        raise InputError(f"-i {args.i} is not a folder; give the folder with the images <case>_0000<ending>")
+    if os.path.isfile(args.o):
+        raise InputError(f"-o {args.o} is a file; give a folder for the segmentations")
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        raise InputError(f"-part_id {args.part_id} with -num_parts {args.num_parts}: part IDs run from 0 to "
+                         f"num_parts - 1")
+    if not 0 < args.step_size <= 1:
+        raise InputError(f"-step_size {args.step_size} must be in (0, 1]")
+    if args.npp < 0 or args.nps < 0:
+        raise InputError("-npp and -nps must be >= 0 (both 0: no multiprocessing)")
+    folds = []
+    for fold in args.f:
+        if fold != "all" and not str(fold).isdigit():
+            raise InputError(f"-f {fold}: folds are numbers or 'all'")
+        fold = fold if fold == "all" else int(fold)
+        checkpoint = os.path.join(model_folder, f"fold_{fold}", args.chk)
+        if not os.path.isfile(checkpoint):
+            raise InputError(f"{checkpoint} not found: fold {fold} is not trained (or -chk is wrong); pass -f with "
+                             f"the trained folds")
+        folds.append(fold)
+    ending = read_model_folder(model_folder).file_ending
+    if not create_lists_from_splitted_dataset_folder(args.i, ending):
+        raise InputError(f"no images <case>_0000{ending} in -i {args.i}; the files must end in {ending} like the "
+                         f"training data")
+    return folds
+
+
+@contextlib.contextmanager
+def diagnosed_input_errors(images_folder: str, predictor) -> Iterator[None]:
+    """nnU-Net's workers die on a broken image without naming it: find the file then and name it."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    from rnca_nnunet.data import find_unusable_image
+
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception:
+        cases = create_lists_from_splitted_dataset_folder(images_folder, predictor.dataset_json["file_ending"])
+        problem = find_unusable_image(cases, predictor.plans_manager.image_reader_writer_class(),
+                                      len(predictor.dataset_json["channel_names"]))
+        if problem is None:
+            raise
+        raise InputError(problem) from None
 
 
 @_friendly_errors
@@ -199,12 +322,14 @@ def evaluate_entry_point() -> None:
     parser.add_argument("--png", default=None, metavar="DIR", help="write an overlay per case (label, base, "
                         "refined; fixed cells green, broken red) into DIR")
     parser.add_argument("-images", default=None, help="raw images <case>_0000<ending> as --png background")
+    parser.add_argument("-djfile", default=None, help="dataset.json with the labels (default: the one nnU-Net "
+                        "writes beside its predictions, else the raw dataset's above -ref)")
     args = parser.parse_args()
     folders = {"base": args.pred, **({"refined": args.pred_refined} if args.pred_refined else {})}
     for folder in (args.ref, *folders.values(), *([args.images] if args.images else [])):
         if not os.path.isdir(folder):
             raise InputError(f"{folder} is not a folder")
-    summary = evaluate_folders(args.ref, folders, args.np, args.png, args.images)
+    summary = evaluate_folders(args.ref, folders, args.np, args.png, args.images, args.djfile)
     print(format_table(summary))
     if args.o:
         save_summary(summary, args.o)

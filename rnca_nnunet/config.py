@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -52,13 +53,67 @@ def load_preset(name_or_path: str, overrides: Optional[dict] = None) -> TrainCon
         values = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: a preset is a JSON object of settings")
     values = {k: v for k, v in values.items() if not k.startswith("_")}
-    values.update(overrides or {})
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"{path}: unknown settings {unknown}; allowed are {sorted(known)}")
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    check_config(config, path)
+    for name, value in (overrides or {}).items():
+        setattr(config, name, value)
+    check_config(config, "command line (--iterations, --val_fraction)")
+    return config
+
+
+MAX_STEPS = 4096  # a local rule reaches 2 cells a step: 4096 steps cross any image nnU-Net can predict
+
+
+def check_steps(value: object, name: str) -> int:
+    """A step count from a user or a file: a whole number from 1 to MAX_STEPS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+        raise InputError(f"{name} must be a whole number of steps from 1 to {MAX_STEPS}, got {value!r}")
+    return value
+
+
+def _check(ok: bool, source: str, name: str, value: object, rule: str) -> None:
+    if not ok:
+        raise InputError(f"{source}: {name} = {value!r} is invalid; it must be {rule}")
+
+
+def check_config(config: TrainConfig, source: str) -> None:
+    """Every setting's type and range, so a typo fails at once with the setting named, not hours later."""
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        if f.name == "patch_size":
+            _check(isinstance(value, (list, tuple)) and len(value) in (2, 3)
+                   and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 1024 for v in value),
+                   source, f.name, value, "2 or 3 whole numbers from 8 to 1024")
+        elif isinstance(f.default, int):
+            _check(isinstance(value, int) and not isinstance(value, bool), source, f.name, value, "a whole number")
+        else:
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                   source, f.name, value, "a finite number")
+    c = config
+    _check(c.iterations >= 1, source, "iterations", c.iterations, ">= 1")
+    _check(c.validate_every >= 1, source, "validate_every", c.validate_every, ">= 1")
+    _check(1 <= c.batch_size <= c.pool_size, source, "batch_size", c.batch_size, "from 1 to pool_size")
+    _check(0 <= c.fresh_per_batch <= c.batch_size, source, "fresh_per_batch", c.fresh_per_batch,
+           "from 0 to batch_size")
+    _check(1 <= c.steps_min <= c.steps_max <= MAX_STEPS, source, "steps_min/steps_max",
+           (c.steps_min, c.steps_max), f"1 <= steps_min <= steps_max <= {MAX_STEPS}")
+    check_steps(c.inference_steps, f"{source}: inference_steps")
+    _check(0 <= c.hidden_channels <= 256, source, "hidden_channels", c.hidden_channels, "from 0 to 256")
+    _check(1 <= c.update_width <= 4096, source, "update_width", c.update_width, "from 1 to 4096")
+    _check(0 < c.fire_rate <= 1, source, "fire_rate", c.fire_rate, "in (0, 1]")
+    _check(c.learning_rate > 0, source, "learning_rate", c.learning_rate, "> 0")
+    for name in ("weight_decay", "error_weight", "topology_weight"):
+        _check(getattr(c, name) >= 0, source, name, getattr(c, name), ">= 0")
+    _check(c.grad_clip > 0, source, "grad_clip", c.grad_clip, "> 0")
+    _check(0 <= c.corrupted_fraction <= 1, source, "corrupted_fraction", c.corrupted_fraction, "in [0, 1]")
+    _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
 
 
 def config_to_dict(config: TrainConfig) -> dict:

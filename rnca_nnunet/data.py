@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import glob
 import os
+import zipfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, load_pickle
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import create_paths_fn
@@ -49,6 +50,11 @@ class ModelFolder:
         return LabelSemantics(self.dataset_json["labels"], self.dataset_json.get("regions_class_order"))
 
     @property
+    def transpose_forward(self) -> List[int]:
+        """nnU-Net's axis order for this plan; a 2d configuration slices along the first of these axes."""
+        return [int(a) for a in self.plans_manager.transpose_forward]
+
+    @property
     def ndim(self) -> int:
         """2 for 2D configurations (3D data is then refined slice by slice), else 3."""
         return len(self.plans_manager.get_configuration(self.configuration).patch_size)
@@ -73,37 +79,83 @@ def read_model_folder(path: str) -> ModelFolder:
     parts = os.path.basename(path).split("__")
     if len(parts) != 3:
         raise InputError(f"{path}: folder name is not TRAINER__PLANS__CONFIG; pass the nnU-Net model folder itself")
-    return ModelFolder(path, os.path.basename(os.path.dirname(path)), parts[0], parts[1], parts[2],
-                       load_json(join(path, "dataset.json")), load_json(join(path, "plans.json")))
+    try:
+        dataset_json, plans = load_json(join(path, "dataset.json")), load_json(join(path, "plans.json"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: dataset.json or plans.json is not valid JSON ({error}); copy them again from "
+                         f"the training run") from None
+    return ModelFolder(path, os.path.basename(os.path.dirname(path)), parts[0], parts[1], parts[2], dataset_json, plans)
 
 
-def find_cv_predictions(model: ModelFolder) -> Dict[str, str]:
-    """Case name -> fold_k/validation/<case>.npz; a clear error says how to create missing ones."""
-    folds = sorted(glob.glob(join(model.path, "fold_*")))
+def find_cv_predictions(model: ModelFolder, log: Callable[[str], None] = print) -> Dict[str, str]:
+    """Case name -> fold_k/validation/<case>.npz of the numeric folds; a clear error says how to create missing ones.
+
+    `fold_all` is skipped: it was trained on every case, so its "validation" outputs are predictions of
+    its own training cases, not the honest cross-validation errors a refiner must learn to fix."""
+    folds = sorted(f for f in glob.glob(join(model.path, "fold_*")) if os.path.basename(f)[5:].isdigit())
+    if os.path.isdir(join(model.path, "fold_all")):
+        log(f"{join(model.path, 'fold_all')} ignored: its predictions are of its own training cases")
     predictions: Dict[str, str] = {}
     for fold in folds:
         for npz in sorted(glob.glob(join(fold, "validation", "*.npz"))):
-            predictions[os.path.basename(npz)[:-4]] = npz
+            case = os.path.basename(npz)[:-4]
+            if case in predictions:
+                raise InputError(f"case {case} has CV predictions in two folds ({predictions[case]} and {npz}); "
+                                 f"remove the stale one")
+            predictions[case] = npz
     if not predictions:
-        fold_ids = [f.rsplit("_", 1)[-1] for f in folds] or ["0", "1", "2", "3", "4"]
-        commands = "; ".join(model.validation_command(int(f)) for f in fold_ids if f.isdigit())
+        fold_ids = [int(os.path.basename(f)[5:]) for f in folds] or [0, 1, 2, 3, 4]
+        commands = "; ".join(model.validation_command(f) for f in fold_ids)
         raise InputError(f"no cross-validation probabilities in {model.path}/fold_*/validation/*.npz; "
                          f"create them with: {commands}")
     return predictions
 
 
-def read_probabilities(npz_path: str) -> Tuple[np.ndarray, dict]:
-    """nnU-Net's exported probabilities and their properties (the .pkl beside the .npz)."""
+def read_probabilities(npz_path: str) -> np.ndarray:
+    """nnU-Net's exported probabilities (C, *spatial), refused unless finite and in [0, 1]. Only the array
+    is read (no pickles); the properties nnU-Net keeps in the .pkl beside it are taken from the image."""
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             probabilities = npz["probabilities"].astype(np.float32)
-    except (OSError, ValueError, KeyError) as error:
-        raise InputError(f"{npz_path}: not an nnU-Net probability file ({error}); re-export it with "
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise InputError(f"{npz_path}: not a readable nnU-Net probability file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'truncated'}); re-export it with "
                          f"--save_probabilities or --npz") from None
-    pkl = npz_path[:-4] + ".pkl"
-    if not isfile(pkl):
-        raise InputError(f"{pkl} not found: nnU-Net writes it next to the .npz; re-export with --save_probabilities")
-    return probabilities, load_pickle(pkl)
+    if not np.isfinite(probabilities).all():
+        raise InputError(f"{npz_path}: probabilities contain NaN or infinite values; re-export this case "
+                         f"(nnU-Net's own output is never non-finite: the file or the model is damaged)")
+    if probabilities.min() < -1e-3 or probabilities.max() > 1 + 1e-3:
+        raise InputError(f"{npz_path}: values outside [0, 1] ({probabilities.min():.3g} .. "
+                         f"{probabilities.max():.3g}) are not probabilities; export with --save_probabilities")
+    return probabilities
+
+
+def read_image(reader: BaseReaderWriter, files: List[str], segmentation: bool = False) -> Tuple[np.ndarray, dict]:
+    """A raw image (or a label map) through the dataset's reader-writer, refused with the file named if it is
+    unreadable or not finite."""
+    try:
+        image, properties = reader.read_seg(files[0]) if segmentation else reader.read_images(files)
+    except Exception as error:  # readers raise anything from RuntimeError to struct.error on broken files
+        raise InputError(f"{files[0]}: cannot be read by {type(reader).__name__} ({type(error).__name__}: "
+                         f"{str(error).strip().splitlines()[0] if str(error).strip() else 'broken file'}); "
+                         f"replace the file") from None
+    if not np.isfinite(image).all():
+        raise InputError(f"{files[0]}: the image contains NaN or infinite values; fix or replace the file")
+    return image, properties
+
+
+def find_unusable_image(cases: List[List[str]], reader: BaseReaderWriter, channels: int) -> Optional[str]:
+    """The first case whose image cannot be read, is not finite or has the wrong channel count, as an error
+    line naming the file; None when all are usable."""
+    for files in cases:
+        try:
+            image, _ = read_image(reader, files)
+        except InputError as error:
+            return str(error)
+        if image.shape[0] != channels:
+            return (f"{files[0]}: {image.shape[0]} image channel(s), the model was trained on {channels}; give every "
+                    f"channel as <case>_XXXX files like the training images")
+    return None
 
 
 def image_files(images_folder: str, case: str, file_ending: str) -> List[str]:
@@ -118,6 +170,7 @@ def image_files(images_folder: str, case: str, file_ending: str) -> List[str]:
 
 @dataclass
 class TrainingCase:
+    """One CV case, every array in nnU-Net's axis order (`transpose_forward`)."""
     name: str
     image: np.ndarray  # (I, Z, Y, X), nnU-Net-normalised
     mask: np.ndarray  # (K, Z, Y, X), base prediction, foreground channels
@@ -129,19 +182,21 @@ class TrainingCase:
 def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, labels_folder: str,
                        normalisation: Optional[Normalisation] = None) -> TrainingCase:
     case = os.path.basename(npz_path)[:-4]
-    probabilities, _ = read_probabilities(npz_path)
+    probabilities = read_probabilities(npz_path)
     reader = model.reader_writer
-    image, properties = reader.read_images(image_files(images_folder, case, model.file_ending))
+    image, properties = read_image(reader, image_files(images_folder, case, model.file_ending))
     label_file = join(labels_folder, case + model.file_ending)
     if not isfile(label_file):
         raise InputError(f"{label_file} not found: run nnUNetv2_plan_and_preprocess for {model.dataset_name} "
                          f"so that gt_segmentations exists")
-    label, _ = reader.read_seg(label_file)
+    label, _ = read_image(reader, [label_file], segmentation=True)
     if probabilities.shape[1:] != image.shape[1:] or label.shape[1:] != image.shape[1:]:
         raise InputError(f"{npz_path}: probabilities {probabilities.shape[1:]}, image {image.shape[1:]} and label "
                          f"{label.shape[1:]} differ in shape; were they made from the same dataset?")
     semantics = model.semantics
     target, valid = target_from_label(label[0], semantics)
-    return TrainingCase(case, (normalisation or model.normalisation)(image),
-                        mask_from_probabilities(probabilities, semantics), target, valid,
-                        tuple(float(s) for s in properties["spacing"]))
+    axes = model.transpose_forward  # nnU-Net's axis order: a 2D rule learns the slices nnU-Net's 2d sees
+    to_rule_axes = lambda array: np.ascontiguousarray(array.transpose(0, *(a + 1 for a in axes)))  # noqa: E731
+    return TrainingCase(case, to_rule_axes((normalisation or model.normalisation)(image)),
+                        to_rule_axes(mask_from_probabilities(probabilities, semantics)), to_rule_axes(target),
+                        to_rule_axes(valid[None])[0], tuple(float(properties["spacing"][a]) for a in axes))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import os
 from multiprocessing import get_context
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
@@ -25,21 +26,41 @@ def _file_ending(folder: str) -> str:
     raise InputError(f"no label files in {folder}; expected .nii.gz, .png, .tif, ... files")
 
 
-def _classes(folders: Sequence[str], reference_files: Sequence[str], reader) -> Dict[str, List[int]]:
-    """Class names from a dataset.json beside the predictions (nnU-Net writes one) or above the references
-    (a raw dataset's labelsTs), else the label values."""
-    for folder in [*folders, os.path.dirname(os.path.dirname(os.path.abspath(reference_files[0])))]:
-        if isfile(join(folder, "dataset.json")):
-            from rnca_nnunet.state import LabelSemantics
+@dataclass(frozen=True)
+class LabelDefinition:
+    """Classes to report (name -> labels), the ignore label, and the label values a prediction may hold
+    (None: unknown, when no dataset.json was found)."""
+    classes: Dict[str, List[int]]
+    ignore_label: Optional[int]
+    allowed: Optional[Tuple[int, ...]]
 
-            dataset = load_json(join(folder, "dataset.json"))
-            return LabelSemantics(dataset["labels"], dataset.get("regions_class_order")).classes
-    values = sorted({int(v) for f in reference_files for v in np.unique(reader.read_seg(f)[0]) if v > 0})
-    return {f"label_{v}": [v] for v in values}
+
+def label_definition(dataset_json_file: Optional[str], folders: Sequence[str], reference_files: Sequence[str],
+                     prediction_files: Sequence[str], reader) -> LabelDefinition:
+    """From dataset.json as nnU-Net's evaluation takes it (-djfile, else the one nnU-Net writes beside its
+    predictions, else the raw dataset's above the references); without one, every label value present in the
+    references or the predictions (a label only a prediction holds is an error to report, not to skip)."""
+    from rnca_nnunet.state import LabelSemantics
+
+    candidates = [dataset_json_file] if dataset_json_file else \
+        [join(f, "dataset.json") for f in [*folders, os.path.dirname(os.path.dirname(os.path.abspath(reference_files[0])))]]
+    for path in candidates:
+        if isfile(path):
+            try:
+                semantics = LabelSemantics(load_json(path)["labels"], load_json(path).get("regions_class_order"))
+                allowed = tuple(sorted({0, *semantics.manager.all_labels}))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+                raise InputError(f"{path}: not a valid dataset.json ({error}); pass a good one with -djfile") from None
+            return LabelDefinition(semantics.classes, semantics.ignore_label, allowed)
+    if dataset_json_file:
+        raise InputError(f"-djfile {dataset_json_file} not found")
+    values = sorted({int(v) for f in [*reference_files, *prediction_files] for v in np.unique(reader.read_seg(f)[0])
+                     if v > 0})
+    return LabelDefinition({f"label_{v}": [v] for v in values}, None, None)
 
 
 def _evaluate_case(args) -> Dict:
-    reference_file, prediction_files, classes, reader_class, png_folder, image_file = args
+    reference_file, prediction_files, labels, reader_class, png_folder, image_file = args
     reader = reader_class()
     reference, properties = reader.read_seg(reference_file)
     entry = {"case": os.path.basename(reference_file)}
@@ -49,7 +70,14 @@ def _evaluate_case(args) -> Dict:
         if prediction.shape != reference.shape:
             raise InputError(f"{path}: shape {prediction.shape[1:]} differs from the reference {reference_file} "
                              f"{reference.shape[1:]}; predictions must be in the reference's image space")
-        entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], classes)
+        if labels.allowed is not None:
+            unknown = sorted(set(np.unique(prediction).astype(int).tolist()) - set(labels.allowed))
+            if unknown:
+                raise InputError(f"{path}: label values {unknown} are not in dataset.json (labels {list(labels.allowed)});"
+                                 f" was it predicted by another model?")
+        if labels.ignore_label is not None:  # as nnU-Net's compute_metrics: the ignore region is scored nowhere
+            prediction = np.where(reference == labels.ignore_label, 0, prediction)
+        entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], labels.classes)
         segmentations[key] = prediction[0]
     if png_folder:
         image = reader.read_images([image_file])[0][0] if image_file else None
@@ -70,11 +98,15 @@ def _image_file(images_folder: Optional[str], reference_file: str, ending: str) 
 
 
 def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_processes: int = 2,
-                     png_folder: Optional[str] = None, images_folder: Optional[str] = None) -> Dict:
-    """Per-case and mean metrics of each prediction folder (`{"base": folder, "refined": folder}`);
-    with `png_folder`, an overlay per case of label, base and refined (on the raw image from `images_folder`)."""
+                     png_folder: Optional[str] = None, images_folder: Optional[str] = None,
+                     dataset_json_file: Optional[str] = None) -> Dict:
+    """Per-case and mean metrics of each prediction folder (`{"base": folder, "refined": folder}`), classes
+    from dataset.json (see `label_definition`); with `png_folder`, an overlay per case of label, base and
+    refined (on the raw image from `images_folder`)."""
     ending = _file_ending(reference_folder)
     references = subfiles(reference_folder, suffix=ending, sort=True)
+    if not references:
+        raise InputError(f"no {ending} label files in -ref {reference_folder}")
     pairs = []
     for reference in references:
         name = os.path.basename(reference)
@@ -84,8 +116,11 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
             raise InputError(f"{missing[0]} not found: every reference case needs a prediction of the same name")
         pairs.append((reference, files))
     reader_class = determine_reader_writer_from_file_ending(ending, references[0], verbose=False)
-    classes = _classes(list(predictions.values()), references, reader_class())
-    jobs = [(r, f, classes, reader_class, png_folder, _image_file(images_folder, r, ending)) for r, f in pairs]
+    labels = label_definition(dataset_json_file, list(predictions.values()), references,
+                              [f for _, files in pairs for f in files.values()], reader_class())
+    if not labels.classes:
+        raise InputError("no foreground label in the references or predictions and no dataset.json; pass -djfile")
+    jobs = [(r, f, labels, reader_class, png_folder, _image_file(images_folder, r, ending)) for r, f in pairs]
     if num_processes > 1:
         with get_context("spawn").Pool(num_processes) as pool:
             per_case = pool.map(_evaluate_case, jobs)

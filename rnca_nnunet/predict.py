@@ -1,32 +1,28 @@
-"""Prediction: nnU-Net's own nnUNetv2_predict, then the refiner as the last stage, in original image space.
+"""Writing refined cases as nnU-Net writes them, and refining a folder of exported probabilities.
 
-Why original space (after nnU-Net's export) and not network space: the refiner was trained on the
-CV probabilities nnU-Net exports, which are in original space, and what it produces is exactly what
-is written, so no resampling can reopen a gap it closed. nnU-Net's prediction runs unchanged (every
-flag, present and future, keeps working); its probabilities go to a hidden folder inside the output
-folder, which is refined case by case into the output folder and removed at the end.
+Prediction itself goes through nnU-Net's own predictor (`predictor.RNCAPredictor`), which refines each
+case in memory. `refine_folder` is the other way in: the `.npz` files of `--save_probabilities` or of
+`nnUNetv2_ensemble --save_npz`, refined in original space. Their `.pkl` files are never unpickled
+(a crafted pickle runs code): the properties nnU-Net's writer needs come from reading the raw image,
+and a `.pkl` that must be written again is copied byte for byte.
 """
 from __future__ import annotations
 
 import glob
 import os
 import shutil
-import sys
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_pickle
+from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 
+from rnca_nnunet.data import ModelFolder, image_files, read_image, read_probabilities
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.data import ModelFolder, image_files, read_probabilities
-from rnca_nnunet.files import atomic_path
+from rnca_nnunet.files import atomic_folder_path, atomic_path
 from rnca_nnunet.pictures import representative_slice, write_evolution, write_overlay
 from rnca_nnunet.registry import Refiner
-from rnca_nnunet.state import LabelSemantics, mask_from_probabilities, segmentation_from_mask
-
-UNREFINED_FOLDER = ".rnca_unrefined"
-COPIED_FILES = ("dataset.json", "plans.json", "predict_from_raw_data_args.json")
 
 
 @dataclass
@@ -36,11 +32,13 @@ class PictureFolders:
     gif: Optional[str] = None
 
 
-def write_pictures(folders: PictureFolders, case: str, refiner: Refiner, semantics: LabelSemantics,
-                   image: np.ndarray, probabilities: np.ndarray, segmentation: np.ndarray, steps: int) -> None:
-    """Overlay of nnU-Net's mask and the refined one on the first image channel; the rule's evolution."""
-    base = segmentation_from_mask(mask_from_probabilities(probabilities, semantics), semantics)
-    channel = image[0]
+def write_pictures(folders: PictureFolders, case: str, refiner: Refiner, image: np.ndarray,
+                   probabilities: np.ndarray, base: np.ndarray, segmentation: np.ndarray, steps: int) -> None:
+    """Overlay of nnU-Net's mask (`base`) and the refined one on the first image channel; the rule's evolution.
+    Volumes are shown in the refiner's axis order (slices as a 2D rule sees them)."""
+    to_rule_axes = getattr(refiner, "to_rule_axes", lambda array: array)
+    channel = to_rule_axes(image)[0]
+    base, segmentation = to_rule_axes(base[None])[0], to_rule_axes(segmentation[None])[0]
     if folders.png:
         write_overlay(join(folders.png, case + ".png"), channel, base, segmentation)
     if folders.gif:
@@ -51,70 +49,62 @@ def write_pictures(folders: PictureFolders, case: str, refiner: Refiner, semanti
         write_evolution(join(folders.gif, case + ".gif"), channel[z], frames, segmentation[z])
 
 
+def write_refined_case(reader_writer: BaseReaderWriter, output_file_truncated: str, file_ending: str,
+                       segmentation: np.ndarray, properties: dict, probabilities: Optional[np.ndarray] = None,
+                       pkl_file: Optional[str] = None) -> None:
+    """What nnU-Net's export writes (segmentation, and `.npz` + `.pkl` with probabilities), each file atomic,
+    the segmentation last so that its presence means the case is complete (--continue_prediction).
+    `pkl_file`: copy these bytes as the `.pkl` instead of pickling `properties`."""
+    if probabilities is not None:
+        with atomic_path(output_file_truncated + ".npz") as tmp:
+            np.savez_compressed(tmp, probabilities=probabilities.astype(np.float32))
+        with atomic_path(output_file_truncated + ".pkl") as tmp:
+            if pkl_file is not None:
+                shutil.copyfile(pkl_file, tmp)
+            else:
+                save_pickle(properties, tmp)
+    with atomic_folder_path(output_file_truncated + file_ending) as path:
+        reader_writer.write_seg(segmentation, path, properties)
+
+
 def refine_case(refiner: Refiner, model: ModelFolder, npz_path: str, images_folder: str, out_folder: str,
                 save_probabilities: bool, steps: Optional[int] = None,
                 pictures: PictureFolders = PictureFolders()) -> int:
     """Refine one exported case and write it like nnU-Net does (pictures too if asked); returns the steps used."""
     case = os.path.basename(npz_path)[:-4]
-    probabilities, properties = read_probabilities(npz_path)
-    files = image_files(images_folder, case, model.file_ending)
-    image, _ = model.reader_writer.read_images(files)
+    probabilities = read_probabilities(npz_path)
+    image, properties = read_image(model.reader_writer, image_files(images_folder, case, model.file_ending))
     refined, segmentation, used = refiner.refine(image, probabilities, steps)
-    write_pictures(pictures, case, refiner, model.semantics, image, probabilities, segmentation, used)
-    if save_probabilities:
-        with atomic_path(join(out_folder, case + ".npz")) as tmp:
-            np.savez_compressed(tmp, probabilities=refined.astype(np.float32))
-        with atomic_path(join(out_folder, case + ".pkl")) as tmp:
-            save_pickle(properties, tmp)
-    with atomic_path(join(out_folder, case + model.file_ending), model.file_ending) as tmp:
-        model.reader_writer.write_seg(segmentation, tmp, properties)
+    base = model.semantics.manager.convert_probabilities_to_segmentation(probabilities)
+    write_pictures(pictures, case, refiner, image, probabilities, np.asarray(base), segmentation, used)
+    pkl = npz_path[:-4] + ".pkl"
+    if save_probabilities and not isfile(pkl):
+        raise InputError(f"{pkl} not found: nnU-Net writes it beside the .npz; re-export with --save_probabilities "
+                         f"or drop --save_probabilities")
+    write_refined_case(model.reader_writer, join(out_folder, case), model.file_ending, segmentation, properties,
+                       refined if save_probabilities else None, pkl)
     return used
 
 
 def refine_folder(refiner: Refiner, model: ModelFolder, probabilities_folder: str, images_folder: str,
-                  out_folder: str, save_probabilities: bool, steps: Optional[int] = None, overwrite: bool = True,
+                  out_folder: str, save_probabilities: bool, steps: Optional[int] = None,
                   log: Callable[[str], None] = print, pictures: PictureFolders = PictureFolders()) -> List[str]:
-    """Refine every `<case>.npz` (+ `.pkl`) of an nnU-Net export; returns the cases written."""
+    """Refine every `<case>.npz` of an nnU-Net export; returns the cases written."""
+    for flag, folder in (("-i", probabilities_folder), ("-images", images_folder)):
+        if not os.path.isdir(folder):
+            raise InputError(f"{flag} {folder} is not a folder")
+    if os.path.isfile(out_folder):
+        raise InputError(f"-o {out_folder} is a file; give a folder for the refined segmentations")
+    if os.path.isdir(out_folder) and os.path.samefile(out_folder, probabilities_folder):
+        raise InputError(f"-o {out_folder} is the input folder -i: refining in place would overwrite nnU-Net's own "
+                         f"outputs; give another -o")
     npz_files = sorted(glob.glob(join(probabilities_folder, "*.npz")))
     if not npz_files:
-        raise InputError(f"no .npz probabilities in {probabilities_folder}; predict with --save_probabilities "
-                         f"(or nnUNetv2_ensemble --save_npz) first")
+        raise InputError(f"no <case>.npz probability files in -i {probabilities_folder}; predict with "
+                         f"nnUNetv2_predict --save_probabilities (or nnUNetv2_ensemble --save_npz) into it first")
     done = []
     for npz in npz_files:
-        case = os.path.basename(npz)[:-4]
-        if not overwrite and isfile(join(out_folder, case + model.file_ending)):
-            continue
         used = refine_case(refiner, model, npz, images_folder, out_folder, save_probabilities, steps, pictures)
-        log(f"refined {case}: {used} steps")
-        done.append(case)
+        log(f"refined {os.path.basename(npz)[:-4]}: {used} steps")
+        done.append(os.path.basename(npz)[:-4])
     return done
-
-
-def _option(argv: Sequence[str], flag: str) -> Optional[str]:
-    return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
-
-
-def predict_with_refiner(nnunet_argv: List[str], refiner: Refiner, model: ModelFolder,
-                         steps: Optional[int] = None, pictures: PictureFolders = PictureFolders()) -> None:
-    """Run nnUNetv2_predict (arguments unchanged but -o) into a hidden folder, then refine into -o."""
-    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
-
-    images_folder, out_folder = _option(nnunet_argv, "-i"), _option(nnunet_argv, "-o")
-    save_probabilities = "--save_probabilities" in nnunet_argv
-    base_folder = join(out_folder, UNREFINED_FOLDER)
-    argv = list(nnunet_argv)
-    argv[argv.index("-o") + 1] = base_folder
-    if not save_probabilities:
-        argv.append("--save_probabilities")
-    saved_argv = sys.argv
-    sys.argv = [saved_argv[0], *argv]
-    try:
-        predict_entry_point()
-    finally:
-        sys.argv = saved_argv
-    refine_folder(refiner, model, base_folder, images_folder, out_folder, save_probabilities, steps,
-                  overwrite="--continue_prediction" not in nnunet_argv, pictures=pictures)
-    for name in COPIED_FILES:
-        if isfile(join(base_folder, name)):
-            shutil.copy2(join(base_folder, name), join(out_folder, name))
-    shutil.rmtree(base_folder)

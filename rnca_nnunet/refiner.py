@@ -16,10 +16,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
+from rnca_nnunet.config import check_steps
 from rnca_nnunet.errors import InputError
+from rnca_nnunet.files import shared_folder_permissions
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.state import (LabelSemantics, Normalisation, mask_from_probabilities, probabilities_from_mask,
@@ -40,7 +43,7 @@ class RNCARefiner:
 
     def __init__(self, model: RNCA, semantics: LabelSemantics, normalisation: Normalisation, steps: int,
                  trained_on: Dict, device: Optional[torch.device] = None, min_component_size: int = 0,
-                 min_hole_size: int = 0):
+                 min_hole_size: int = 0, transpose_forward: Sequence[int] = (0, 1, 2)):
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
         self.semantics = semantics
@@ -49,34 +52,39 @@ class RNCARefiner:
         self.trained_on = trained_on
         self.min_component_size = min_component_size
         self.min_hole_size = min_hole_size
+        self.transpose_forward = list(transpose_forward)
         self.max_tile_cells = 256 ** 2 * 16 if model.shape.ndim == 2 else 128 ** 3
 
     @classmethod
     def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
+        """Load a refiner folder; every value of rnca.json is checked, and the weights' shapes are checked
+        against the safetensors header before anything is allocated."""
         config_path, weights_path = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
                 raise InputError(f"{path} not found: a refiner folder holds {CONFIG_FILE} and {WEIGHTS_FILE}; "
                                  f"train one with nnUNetv2_train_rnca")
         try:
-            with open(config_path) as handle:
+            with open(config_path, encoding="utf-8") as handle:
                 config = json.load(handle)
-            shape = RuleShape(**config["rule"])
+            shape = check_rule_shape(RuleShape(**config["rule"]))
             semantics = LabelSemantics(config["labels"], config.get("regions_class_order"))
+            semantics.manager  # nnU-Net's LabelManager validates the label definition
             normalisation = Normalisation(**config["normalisation"])
-            steps = int(config["inference_steps"])
-            read_out = (int(config.get("min_component_size", 0)), int(config.get("min_hole_size", 0)))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise InputError(f"{config_path}: not a valid rnca.json ({error!r}); retrain with nnUNetv2_train_rnca") \
-                from None
+            steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
+            read_out = [config.get(k, 0) for k in ("min_component_size", "min_hole_size")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in read_out):
+                raise TypeError(f"min_component_size/min_hole_size must be whole numbers >= 0, got {read_out}")
+            transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
+        except (ValueError, KeyError, TypeError, AssertionError, AttributeError, InputError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"{config_path}: not a valid rnca.json ({first_line}); copy the whole rnca/ folder "
+                             f"again or retrain with nnUNetv2_train_rnca") from None
+        weights = _load_weights(weights_path, shape)
         model = RNCA(shape)
-        try:
-            model.load_state_dict(load_file(weights_path))
-        except (SafetensorError, RuntimeError, OSError) as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise InputError(f"{weights_path}: weights do not fit {CONFIG_FILE} ({first_line}); "
-                             f"copy the whole rnca/ folder from one training run") from None
-        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, *read_out)
+        model.load_state_dict(weights)
+        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, *read_out,
+                   transpose_forward=transpose_forward)
 
     def save(self, folder: str, extra_files: Sequence[str] = ()) -> None:
         """Write the refiner folder atomically: a crash never leaves a half-written rnca/."""
@@ -89,6 +97,7 @@ class RNCARefiner:
             json.dump(self.config(), handle, indent=2)
         for path in extra_files:
             shutil.copy2(path, staging)
+        shared_folder_permissions(staging)
         replace_folder(staging, folder)
 
     def config(self) -> dict:
@@ -96,7 +105,7 @@ class RNCARefiner:
                 "labels": self.semantics.labels, "regions_class_order": self.semantics.regions_class_order,
                 "normalisation": vars(self.normalisation).copy(), "inference_steps": self.steps,
                 "min_component_size": self.min_component_size, "min_hole_size": self.min_hole_size,
-                "trained_on": self.trained_on}
+                "transpose_forward": self.transpose_forward, "trained_on": self.trained_on}
 
     def check_compatible(self, model: ModelFolder) -> None:
         """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot)."""
@@ -117,17 +126,30 @@ class RNCARefiner:
                stop_when_stable: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
         """Raw image (I, Z, Y, X) + nnU-Net probabilities (C, Z, Y, X) -> (probabilities, segmentation, steps).
 
-        Runs `steps` updates, or fewer when the mask has stopped changing. Cases larger than
-        `max_tile_cells` are refined in tiles whose halo covers the rule's reach, so tiling changes nothing;
-        tiles always run the full step count so that every tile sees the same rule.
+        Runs `steps` updates, or fewer when the mask has stopped changing. The rule works in nnU-Net's axis
+        order (`transpose_forward`), so a 2D rule slices a volume along the axis nnU-Net's 2d configuration
+        slices. Cases larger than `max_tile_cells` are refined in tiles whose halo covers the rule's reach, so
+        tiling changes nothing; tiles always run the full step count so that every tile sees the same rule.
         """
-        steps = self.steps if steps is None else steps
+        steps = self.steps if steps is None else check_steps(steps, "refinement steps")
         if image.shape[1:] != probabilities.shape[1:]:
             raise InputError(f"image shape {image.shape[1:]} differs from probabilities shape {probabilities.shape[1:]}")
-        context = np.concatenate([self.normalisation(image), mask_from_probabilities(probabilities, self.semantics)])
+        if not (np.isfinite(image).all() and np.isfinite(probabilities).all()):
+            raise InputError("the image or the probabilities contain NaN or infinite values; nothing was refined")
+        context = self.to_rule_axes(np.concatenate([self.normalisation(image),
+                                                    mask_from_probabilities(probabilities, self.semantics)]))
         mask, used = self.refine_context(context, steps, stop_when_stable)
-        mask = self.clean(mask)
+        mask = self.from_rule_axes(self.clean(mask))
         return probabilities_from_mask(mask, self.semantics), segmentation_from_mask(mask, self.semantics), used
+
+    def to_rule_axes(self, array: np.ndarray) -> np.ndarray:
+        """(..., Z, Y, X) in the image's axis order -> nnU-Net's (`transpose_forward`)."""
+        lead = list(range(array.ndim - 3))
+        return array.transpose(lead + [len(lead) + a for a in self.transpose_forward])
+
+    def from_rule_axes(self, array: np.ndarray) -> np.ndarray:
+        lead = list(range(array.ndim - 3))
+        return array.transpose(lead + [len(lead) + int(a) for a in np.argsort(self.transpose_forward)])
 
     def clean(self, mask: np.ndarray) -> np.ndarray:
         """Mask channels (K, Z, Y, X) without components smaller than `min_component_size` cells and with
@@ -171,11 +193,13 @@ class RNCARefiner:
 
     def evolution(self, image: np.ndarray, probabilities: np.ndarray, z: int,
                   steps: Optional[int] = None) -> List[np.ndarray]:
-        """Label maps of slice `z` at the start and after each of `steps` steps (give the steps `refine` used).
+        """Label maps of slice `z` (in the rule's axis order, see `to_rule_axes`) at the start and after each of
+        `steps` steps (give the steps `refine` used).
 
         A 2D rule needs only that slice; a 3D rule only the slab its reach covers, so this stays cheap."""
         steps = self.steps if steps is None else steps
-        context = np.concatenate([self.normalisation(image), mask_from_probabilities(probabilities, self.semantics)])
+        context = self.to_rule_axes(np.concatenate([self.normalisation(image),
+                                                    mask_from_probabilities(probabilities, self.semantics)]))
         if self.model.shape.ndim == 2:
             batch, index = context[:, z][None], (0, slice(None), None)
         else:
@@ -218,6 +242,47 @@ class RNCARefiner:
             inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
             out[(slice(None), slice(None), *core)] = tile[(slice(None), slice(None), *inner)]
         return out
+
+
+def check_rule_shape(shape: RuleShape) -> RuleShape:
+    """Sizes from a file are bounded before anything is built from them (a size of 1e8 would allocate gigabytes)."""
+    limits = {"ndim": (2, 3), "context_channels": (1, 512), "mask_channels": (1, 255), "hidden_channels": (0, 256),
+              "update_width": (1, 4096)}
+    for name, (low, high) in limits.items():
+        value = getattr(shape, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"rule {name} = {value!r} must be a whole number from {low} to {high}")
+    if not isinstance(shape.alive_threshold, (int, float)) or not 0 <= shape.alive_threshold < 1:
+        raise ValueError(f"rule alive_threshold = {shape.alive_threshold!r} must be in [0, 1)")
+    return shape
+
+
+def check_transpose(axes: object) -> List[int]:
+    if not isinstance(axes, list) or sorted(axes) != [0, 1, 2]:
+        raise ValueError(f"transpose_forward = {axes!r} must be a permutation of [0, 1, 2]")
+    return axes
+
+
+def _load_weights(path: str, shape: RuleShape) -> Dict[str, torch.Tensor]:
+    """Weights whose names and shapes fit `shape` (read from the header first) and whose values are finite."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in RNCA(shape).state_dict().items()}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            if found != expected:
+                differ = sorted(n for n in set(found) | set(expected) if found.get(n) != expected.get(n))
+                raise ValueError(f"{differ[0]} is {found.get(differ[0])} in the file, {expected.get(differ[0])} "
+                                 f"in {CONFIG_FILE}")
+            weights = {name: handle.get_tensor(name) for name in found}
+    except (SafetensorError, ValueError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise InputError(f"{path}: weights do not fit {CONFIG_FILE} ({first_line}); copy the whole rnca/ folder "
+                         f"from one training run") from None
+    broken = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise InputError(f"{path}: weights {broken} contain NaN or infinite values; retrain with nnUNetv2_train_rnca")
+    return weights
 
 
 def replace_folder(staging: str, folder: str) -> None:

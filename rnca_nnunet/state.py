@@ -32,7 +32,8 @@ class LabelSemantics:
 
     @property
     def has_regions(self) -> bool:
-        return self.regions_class_order is not None
+        """Region-based when any label is a list of labels, decided by nnU-Net's own LabelManager."""
+        return self.manager.has_regions
 
     @property
     def mask_channels(self) -> int:

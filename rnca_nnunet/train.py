@@ -150,6 +150,7 @@ def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int
         entry = {"case": case.name, "steps": steps}
         for key, segmentation in (("before", segmentation_from_mask(case.mask, semantics)),
                                   ("after", refiner.segment(mask))):
+            segmentation[case.valid == 0] = 0  # the ignore label is scored nowhere, as in nnU-Net's evaluation
             entry[key] = case_metrics(segmentation, reference, case.spacing, semantics.classes)
         per_case.append(entry)
     return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),
@@ -186,18 +187,24 @@ class TrainingRecord:
     final: Optional[ValidationResult]
 
 
+class TrainingDiverged(InputError):
+    """The loss or the weights became non-finite: nothing is saved, the previous refiner stays."""
+
+
 def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
                   normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict,
                   device: torch.device, log: Callable[[str], None] = print,
-                  show_progress: bool = True) -> Tuple[RNCARefiner, TrainingRecord]:
-    """Train a rule; returns the refiner with the best held-out checkpoint and read-out, and the record."""
+                  show_progress: bool = True, transpose_forward: Sequence[int] = (0, 1, 2)
+                  ) -> Tuple[RNCARefiner, TrainingRecord]:
+    """Train a rule; returns the refiner with the best held-out checkpoint and read-out, and the record.
+    Raises TrainingDiverged as soon as the loss or a weight is not finite."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
     model = RNCA(shape).to(device)
     refiner = RNCARefiner(model, semantics, normalisation, config.inference_steps,
-                          dict(trained_on, train=config_to_dict(config)), device)
+                          dict(trained_on, train=config_to_dict(config)), device, transpose_forward=transpose_forward)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = max(1, config.iterations // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -223,10 +230,16 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         weight = loss_weights(state[:, :k], batch["target"], batch["line"], batch["valid"],
                               config.error_weight, config.topology_weight)
         loss = refinement_loss(state, batch["target"], weight)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"training diverged at iteration {iteration} (loss {float(loss.detach())}); nothing was "
+                                   f"saved and any earlier rnca/ is kept; lower learning_rate in the preset")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimiser.step()
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingDiverged(f"weights became non-finite at iteration {iteration}; nothing was saved and any "
+                                   f"earlier rnca/ is kept; lower learning_rate or grad_clip in the preset")
         schedule.step()
         pool["state"][index] = state.detach()
         losses.append(float(loss.detach()))
@@ -307,18 +320,14 @@ def _plot_progress(path: str, validations: Sequence[ValidationResult], losses: S
 def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folder: str, config: TrainConfig,
                             device: torch.device, folds: Optional[Sequence[int]] = None,
                             show_progress: bool = True) -> RNCARefiner:
-    """Train on a model folder's CV predictions and write `rnca/` into it (atomically, logs included)."""
-    predictions = find_cv_predictions(model)
-    if folds is not None:
-        wanted = {f"fold_{f}" for f in folds}
-        predictions = {c: p for c, p in predictions.items() if os.path.basename(os.path.dirname(os.path.dirname(p))) in wanted}
-        if not predictions:
-            raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
-                             f"{model.validation_command(list(folds)[0])}")
-    cases = [load_training_case(model, npz, images_folder, labels_folder) for npz in predictions.values()]
-    train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+    """Train on a model folder's CV predictions and write `rnca/` into it (atomically, logs included).
+
+    Work happens in `rnca.training/` (replaced by the next run if this one is killed); `rnca/` is replaced
+    only by a finished, finite refiner."""
     staging = os.path.join(model.path, FOLDER_NAME + ".training")
-    os.makedirs(staging, exist_ok=True)
+    if os.path.isdir(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging)
     log_path = os.path.join(staging, "training_log.txt")
     with open(log_path, "w") as log_file:
         def log(line: str) -> None:
@@ -326,14 +335,24 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
             log_file.write(line + "\n")
             log_file.flush()
 
+        predictions = find_cv_predictions(model, log)
+        if folds is not None:
+            wanted = {f"fold_{f}" for f in folds}
+            predictions = {c: p for c, p in predictions.items()
+                           if os.path.basename(os.path.dirname(os.path.dirname(p))) in wanted}
+            if not predictions:
+                raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
+                                 f"{model.validation_command(list(folds)[0])}")
+        cases = [load_training_case(model, npz, images_folder, labels_folder) for npz in predictions.values()]
+        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
         log(f"rNCA training on {model.path}: {len(train_cases)} training and {len(val_cases)} held-out cases, "
             f"device {device}, config {json.dumps(config_to_dict(config))}")
         trained_on = {"dataset": model.dataset_name, "configuration": model.configuration,
                       "trainer": model.trainer, "plans": model.plans_identifier,
                       "channel_names": model.dataset_json["channel_names"],
                       "held_out_cases": [c.name for c in val_cases]}
-        refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation,
-                                                     model.ndim, config, trained_on, device, log, show_progress)
+        refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
+                                        config, trained_on, device, log, show_progress, model.transpose_forward)
     extra = write_training_outputs(staging, record) + [log_path]
     refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
     shutil.rmtree(staging, ignore_errors=True)

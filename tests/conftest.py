@@ -71,3 +71,11 @@ def vessel_model(tmp_path_factory) -> NnunetModel:
 def cardiac3d_model(tmp_path_factory) -> NnunetModel:
     """3D multi-class cardiac stacks, fold 0 of a real 3d_fullres nnU-Net."""
     return _train_model(str(tmp_path_factory.mktemp("nnunet3d")), "cardiac3d", 902, "3d_fullres", 6, 2, [0])
+
+
+@pytest.fixture(scope="session")
+def trained_vessel_refiner(vessel_model) -> NnunetModel:
+    """The vessel model with a briefly trained rnca/ refiner."""
+    vessel_model.run("nnUNetv2_train_rnca", str(vessel_model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER,
+                     "-device", "cpu", "--iterations", "6", "--disable_progress_bar")
+    return vessel_model

@@ -1,0 +1,60 @@
+"""Evaluation takes its classes from dataset.json and honours the ignore label, as nnU-Net's own evaluation does."""
+import json
+
+import numpy as np
+import pytest
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.evaluate import evaluate_folders
+
+LABELS = {"background": 0, "vessel": 1, "ignore": 2}
+
+
+def write(folder, name, array):
+    folder.mkdir(exist_ok=True)
+    SimpleITKIO().write_seg(array.astype(np.uint8)[None], str(folder / f"{name}.nii.gz"),
+                            {"sitk_stuff": {"spacing": (1.0, 1.0), "origin": (0.0, 0.0), "direction": (1, 0, 0, 1)},
+                             "spacing": (999.0, 1.0, 1.0)})
+
+
+@pytest.fixture
+def folders(tmp_path):
+    reference, prediction = np.zeros((16, 16)), np.zeros((16, 16))
+    prediction[4:8, 4:8] = 1  # the reference is empty: every predicted cell is a false positive
+    write(tmp_path / "ref", "a", reference)
+    write(tmp_path / "pred", "a", prediction)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "dataset.json").write_text(json.dumps({"labels": LABELS, "file_ending": ".nii.gz"}))
+    return tmp_path
+
+
+def test_false_positives_of_an_absent_class_are_reported(folders):
+    with_json = evaluate_folders(str(folders / "ref"), {"base": str(folders / "pred")}, 1,
+                                 dataset_json_file=str(folders / "meta" / "dataset.json"))
+    assert with_json["mean"]["base"]["vessel"]["dice"] == 0.0
+    assert with_json["mean"]["base"]["vessel"]["beta0_error"] == 1
+    without_json = evaluate_folders(str(folders / "ref"), {"base": str(folders / "pred")}, 1)
+    assert without_json["mean"]["base"]["label_1"]["dice"] == 0.0
+
+
+def test_a_label_outside_dataset_json_is_an_error(folders):
+    prediction = np.zeros((16, 16))
+    prediction[2, 2] = 5
+    write(folders / "pred", "a", prediction)
+    with pytest.raises(InputError, match=r"a.nii.gz: label values \[5\] are not in dataset.json"):
+        evaluate_folders(str(folders / "ref"), {"base": str(folders / "pred")}, 1,
+                         dataset_json_file=str(folders / "meta" / "dataset.json"))
+
+
+def test_the_ignore_label_is_scored_nowhere(folders):
+    reference, prediction = np.zeros((16, 16)), np.zeros((16, 16))
+    reference[2:6, 2:6] = prediction[2:6, 2:6] = 1
+    reference[10:14, 10:14] = 2  # ignore: whatever is predicted there does not count
+    prediction[11:13, 11:13] = 1
+    write(folders / "ref", "a", reference)
+    write(folders / "pred", "a", prediction)
+    summary = evaluate_folders(str(folders / "ref"), {"base": str(folders / "pred")}, 1,
+                               dataset_json_file=str(folders / "meta" / "dataset.json"))
+    assert list(summary["mean"]["base"]) == ["vessel"]
+    assert summary["mean"]["base"]["vessel"]["dice"] == 1.0 and summary["mean"]["base"]["vessel"]["beta0_error"] == 0

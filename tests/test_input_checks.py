@@ -1,0 +1,157 @@
+"""Bad numbers, bad files and damaged weights are refused with one clear line, before anything is computed."""
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
+from safetensors.torch import save_file
+
+from rnca_nnunet.config import load_preset
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.predict import write_refined_case
+from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.state import LabelSemantics, Normalisation
+from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+from rnca_nnunet.train import TrainingDiverged, train_refiner
+
+from test_refiner import random_case, random_refiner
+
+
+def saved_refiner(tmp_path) -> str:
+    folder = str(tmp_path / "rnca")
+    random_refiner(2).save(folder)
+    return folder
+
+
+def edit_config(folder: str, edit) -> None:
+    path = os.path.join(folder, "rnca.json")
+    config = json.load(open(path))
+    edit(config)
+    json.dump(config, open(path, "w"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(inference_steps=-5), "inference_steps must be a whole number of steps"),
+    (lambda c: c.update(inference_steps="64"), "inference_steps must be a whole number of steps"),
+    (lambda c: c["rule"].update(hidden_channels=100_000_000), "hidden_channels = 100000000 must be"),
+    (lambda c: c["rule"].update(update_width="96"), "update_width = '96' must be"),
+    (lambda c: c.update(min_hole_size=-1), "min_component_size/min_hole_size"),
+    (lambda c: c.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
+    (lambda c: c.pop("labels"), "labels"),
+])
+def test_bad_rnca_json_values_are_refused_before_allocating(tmp_path, edit, message):
+    folder = saved_refiner(tmp_path)
+    edit_config(folder, edit)
+    with pytest.raises(InputError) as error:
+        RNCARefiner.from_folder(folder, torch.device("cpu"))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_non_utf8_rnca_json_is_refused(tmp_path):
+    folder = saved_refiner(tmp_path)
+    with open(os.path.join(folder, "rnca.json"), "wb") as handle:
+        handle.write(b'{"rule": "\xff\xfe"}')
+    with pytest.raises(InputError, match="not a valid rnca.json"):
+        RNCARefiner.from_folder(folder)
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    refiner = random_refiner(2)
+    folder = saved_refiner(tmp_path)
+    weights = {k: v.clone() for k, v in refiner.model.state_dict().items()}
+    weights["update_in.weight"][0, 0] = float("nan")
+    save_file(weights, os.path.join(folder, "refiner.safetensors"))
+    with pytest.raises(InputError, match=r"\['update_in.weight'\] contain NaN"):
+        RNCARefiner.from_folder(folder)
+
+
+def test_refiner_folder_is_readable_by_others(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        folder = saved_refiner(tmp_path)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(os.path.join(folder, "rnca.json")).st_mode) == 0o644
+
+
+@pytest.mark.parametrize("steps", [0, -5, 10 ** 6, 2.5])
+def test_impossible_step_counts_are_refused(steps):
+    image, probabilities = random_case((1, 16, 16))
+    with pytest.raises(InputError, match="whole number of steps from 1"):
+        random_refiner(2).refine(image, probabilities, steps)
+
+
+def test_non_finite_inputs_are_refused():
+    image, probabilities = random_case((1, 16, 16))
+    image[0, 0, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        random_refiner(2).refine(image, probabilities)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"iterations": 0}, "iterations = 0 is invalid"),
+    ({"val_fraction": 1.5}, "val_fraction = 1.5 is invalid"),
+    ({"val_fraction": -1.0}, "val_fraction = -1.0 is invalid"),
+    ({"learning_rate": "fast"}, "learning_rate = 'fast' is invalid"),
+    ({"patch_size": [64]}, "patch_size = [64] is invalid"),
+    ({"steps_min": 40, "steps_max": 20}, "steps_min/steps_max"),
+    ({"batch_size": 300}, "batch_size = 300 is invalid"),
+])
+def test_impossible_training_settings_are_refused(tmp_path, values, message):
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps(values))
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_preset(str(preset))
+
+
+def test_command_line_overrides_are_checked_too():
+    with pytest.raises(InputError, match=r"command line .* val_fraction = 1.5"):
+        load_preset("vessels_2d", {"val_fraction": 1.5})
+
+
+def test_diverging_training_stops_with_a_clear_error():
+    cases = corrupted_cases("vessels2d", 3, seed=7)
+    config = load_preset("vessels_2d", {"iterations": 20, "validate_every": 20, "learning_rate": 1e30,
+                                        "pool_size": 8, "batch_size": 4})
+    with pytest.raises(TrainingDiverged, match="nothing was saved"):
+        train_refiner(cases[:2], cases[2:], LabelSemantics(GENERATORS["vessels2d"][1]),
+                      random_refiner(2).normalisation, 2, config, {}, torch.device("cpu"), log=lambda line: None,
+                      show_progress=False)
+
+
+def test_region_datasets_are_detected_as_nnunet_detects_them():
+    regions = LabelSemantics({"background": 0, "whole": [1, 2], "core": 2}, [1, 2])
+    assert regions.has_regions and regions.mask_channels == 2
+    assert not LabelSemantics({"background": 0, "a": 1, "b": 2}, [1, 2]).has_regions, "plain labels: no regions"
+
+
+def test_two_d_rule_slices_along_nnunets_first_axis():
+    """transpose_forward [2, 0, 1]: nnU-Net's 2d configuration slices along the image's last axis."""
+    refiner = random_refiner(2)
+    refiner.normalisation = Normalisation(["NoNormalization"], {})  # a slice's z-score differs from the volume's
+    image, probabilities = random_case((5, 6, 7))
+    refiner.transpose_forward = [2, 0, 1]
+    refined, segmentation, _ = refiner.refine(image, probabilities, 4, stop_when_stable=False)
+    assert segmentation.shape == (5, 6, 7)
+    refiner.transpose_forward = [0, 1, 2]
+    for x in range(7):
+        slice_image, slice_probabilities = image[:, None, :, :, x], probabilities[:, None, :, :, x]
+        _, expected, _ = refiner.refine(slice_image, slice_probabilities, 4, stop_when_stable=False)
+        np.testing.assert_array_equal(segmentation[:, :, x], expected[0])
+    _, along_z, _ = refiner.refine(image, probabilities, 4, stop_when_stable=False)
+    assert not np.array_equal(along_z, segmentation), "slicing another axis must give another result"
+
+
+def test_tif_outputs_get_their_side_files_and_nothing_partial(tmp_path):
+    segmentation = np.zeros((4, 8, 8), np.uint8)
+    segmentation[1:3, 2:5, 2:5] = 1
+    write_refined_case(Tiff3DIO(), str(tmp_path / "case"), ".tif", segmentation, {"spacing": (2.0, 1.0, 1.0)},
+                       np.stack([1.0 - segmentation, segmentation]).astype(np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["case.json", "case.npz", "case.pkl", "case.tif"]
+    written, properties = Tiff3DIO().read_seg(str(tmp_path / "case.tif"))
+    np.testing.assert_array_equal(written[0], segmentation)
+    assert tuple(properties["spacing"]) == (2.0, 1.0, 1.0)
