@@ -58,3 +58,23 @@ def test_the_ignore_label_is_scored_nowhere(folders):
                                dataset_json_file=str(folders / "meta" / "dataset.json"))
     assert list(summary["mean"]["base"]) == ["vessel"]
     assert summary["mean"]["base"]["vessel"]["dice"] == 1.0 and summary["mean"]["base"]["vessel"]["beta0_error"] == 0
+
+
+def test_training_validation_scores_nothing_under_the_ignore_label():
+    import torch
+
+    from rnca_nnunet.data import TrainingCase
+    from rnca_nnunet.train import validate
+
+    from test_refiner import random_refiner
+
+    refiner = random_refiner(2)
+    torch.nn.init.zeros_(refiner.model.update_out.weight)  # the rule keeps the base mask
+    target, mask, valid = np.zeros((2, 1, 16, 16), np.float32), np.zeros((2, 1, 16, 16), np.float32), np.ones((1, 16, 16), np.float32)
+    target[0, 0, 2:6, 2:6] = mask[0, 0, 2:6, 2:6] = 1
+    valid[0, 10:14, 10:14] = 0  # ignore label there
+    mask[1, 0, 11:13, 11:13] = 1  # a MYO speck the label cannot judge
+    case = TrainingCase("a", np.zeros((1, 1, 16, 16), np.float32), mask, target, valid, (1.0, 1.0, 1.0))
+    result = validate(refiner, [case], 0)
+    assert result.before["MYO"]["beta0_error"] == 0 and result.before["MYO"]["dice"] == 1.0
+    assert result.after["LV"]["dice"] == 1.0
