@@ -6,6 +6,7 @@ its first `mask_channels` channels are foreground probabilities. Nothing here kn
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,10 +85,18 @@ class RNCA(nn.Module):
 
     def forward(self, state: torch.Tensor, context_input: torch.Tensor, steps: int,
                 fire_rate: float = 1.0) -> torch.Tensor:
+        return self.rollout(state, context_input, steps, fire_rate)[0]
+
+    def rollout(self, state: torch.Tensor, context_input: torch.Tensor, steps: int, fire_rate: float = 1.0,
+                on_step: Optional[Callable[[int, torch.Tensor], bool]] = None) -> Tuple[torch.Tensor, int]:
+        """Run up to `steps` updates; `on_step(step, state)` sees every state and may return True to stop
+        (steady state, or recording the evolution). Returns the final state and the steps run."""
         context = self.context(context_input)
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             state = self.step(state, context, fire_rate)
-        return state
+            if on_step is not None and on_step(step, state):
+                return state, step
+        return state, steps
 
     def receptive_radius(self, steps: int) -> int:
         """How far (in cells) a result can depend on its input: the halo a tile needs."""

@@ -5,7 +5,6 @@ A refiner is one folder, `rnca/`: `refiner.safetensors` (weights, never pickled)
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import shared_folder_permissions
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, run_tiled
 from rnca_nnunet.state import (LabelSemantics, Normalisation, mask_from_probabilities, probabilities_from_mask,
                                segmentation_from_mask, target_from_label)
 
@@ -53,7 +53,7 @@ class RNCARefiner:
         self.min_component_size = min_component_size
         self.min_hole_size = min_hole_size
         self.transpose_forward = list(transpose_forward)
-        self.max_tile_cells = 256 ** 2 * 16 if model.shape.ndim == 2 else 128 ** 3
+        self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
 
     @classmethod
     def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
@@ -128,7 +128,7 @@ class RNCARefiner:
 
         Runs `steps` updates, or fewer when the mask has stopped changing. The rule works in nnU-Net's axis
         order (`transpose_forward`), so a 2D rule slices a volume along the axis nnU-Net's 2d configuration
-        slices. Cases larger than `max_tile_cells` are refined in tiles whose halo covers the rule's reach, so
+        slices. Cases larger than the cell budget are refined in tiles whose halo covers the rule's reach, so
         tiling changes nothing; tiles always run the full step count so that every tile sees the same rule.
         """
         steps = self.steps if steps is None else check_steps(steps, "refinement steps")
@@ -171,25 +171,24 @@ class RNCARefiner:
         return segmentation_from_mask(self.clean(mask), self.semantics)
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
-                       tile_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, int]:
-        """Context (I + K, Z, Y, X) -> refined mask channels (K, Z, Y, X) and the steps used."""
+                       plan: Optional[TilePlan] = None) -> Tuple[np.ndarray, int]:
+        """Context (I + K, Z, Y, X) -> refined mask channels (K, Z, Y, X) and the steps used.
+
+        A case within the cell budget runs whole (and may stop at steady state); a larger one, or any case
+        given a `plan`, runs in exact tiles (see tiling.py) for the full step count."""
         k = self.semantics.mask_channels
         if self.model.shape.ndim == 2:  # slices become the batch
             batch = np.ascontiguousarray(np.moveaxis(context, 1, 0))
         else:
             batch = context[None]
-        spatial = batch.shape[2:]
-        if tile_size is None and int(np.prod(spatial)) * batch.shape[0] <= self.max_tile_cells:
+        budget = self.max_tile_cells or cell_budget(self.model.shape, self.device)
+        if plan is None and batch.size // batch.shape[1] <= budget:
             mask, used = self._run(batch, steps, stop_when_stable)
         else:
-            tile_size = tile_size or self._default_tile(spatial)
-            mask, used = self._run_tiled(batch, steps, tile_size), steps
-        mask = mask[:, :k]
+            halo = self.model.receptive_radius(steps)
+            plan = plan or plan_tiles(batch.shape[0], batch.shape[2:], halo, budget)
+            mask, used = run_tiled(lambda tile: self._run(tile, steps, False)[0], batch, k, halo, plan), steps
         return (np.moveaxis(mask, 0, 1) if self.model.shape.ndim == 2 else mask[0]), used
-
-    def _default_tile(self, spatial: Sequence[int]) -> Tuple[int, ...]:
-        edge = 192 if self.model.shape.ndim == 2 else 96
-        return tuple(min(edge, s) for s in spatial)
 
     def evolution(self, image: np.ndarray, probabilities: np.ndarray, z: int,
                   steps: Optional[int] = None) -> List[np.ndarray]:
@@ -214,34 +213,24 @@ class RNCARefiner:
     @torch.inference_mode()
     def _run(self, batch: np.ndarray, steps: int, stop_when_stable: bool, check_every: int = 8,
              on_step: Optional[Callable[[np.ndarray], None]] = None) -> Tuple[np.ndarray, int]:
+        """The rule's rollout on one batch; stops when the binary mask is unchanged over `check_every` steps."""
         k = self.semantics.mask_channels
         context_input = torch.from_numpy(batch).to(self.device)
-        state = self.model.initial_state(context_input[:, -k:])
-        context = self.model.context(context_input)
-        previous = None
-        for step in range(1, steps + 1):
-            state = self.model.step(state, context, 1.0)
+        previous: List[Optional[torch.Tensor]] = [None]
+
+        def watch(step: int, state: torch.Tensor) -> bool:
             if on_step is not None:
                 on_step(RNCA.read_mask(state, k).cpu().numpy())
-            if stop_when_stable and step % check_every == 0:
-                binary = state[:, :k] > 0.5
-                if previous is not None and torch.equal(binary, previous):
-                    return RNCA.read_mask(state, k).cpu().numpy(), step
-                previous = binary
-        return RNCA.read_mask(state, k).cpu().numpy(), steps
+            if not stop_when_stable or step % check_every:
+                return False
+            binary = state[:, :k] > 0.5
+            stable = previous[0] is not None and torch.equal(binary, previous[0])
+            previous[0] = binary
+            return stable
 
-    def _run_tiled(self, batch: np.ndarray, steps: int, tile_size: Sequence[int]) -> np.ndarray:
-        halo = self.model.receptive_radius(steps)
-        spatial = batch.shape[2:]
-        out = np.zeros((batch.shape[0], self.semantics.mask_channels, *spatial), np.float32)
-        starts = [range(0, s, t) for s, t in zip(spatial, tile_size)]
-        for corner in itertools.product(*starts):
-            core = tuple(slice(c, min(c + t, s)) for c, t, s in zip(corner, tile_size, spatial))
-            outer = tuple(slice(max(c.start - halo, 0), min(c.stop + halo, s)) for c, s in zip(core, spatial))
-            tile, _ = self._run(np.ascontiguousarray(batch[(slice(None), slice(None), *outer)]), steps, False)
-            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-            out[(slice(None), slice(None), *core)] = tile[(slice(None), slice(None), *inner)]
-        return out
+        state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:]), context_input, steps,
+                                         on_step=watch)
+        return RNCA.read_mask(state, k).cpu().numpy(), used
 
 
 def check_rule_shape(shape: RuleShape) -> RuleShape:

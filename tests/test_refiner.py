@@ -10,6 +10,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import LabelSemantics, Normalisation
+from rnca_nnunet.tiling import TilePlan, plan_tiles
 
 LABELS = {"background": 0, "LV": 1, "MYO": 2}
 
@@ -30,13 +31,14 @@ def random_case(shape, seed=0):
     return image, probabilities.astype(np.float32)
 
 
-@pytest.mark.parametrize("ndim, shape, tile", [(2, (3, 40, 52), (17, 23)), (3, (20, 24, 28), (9, 11, 13))])
-def test_tiled_refinement_equals_untiled(ndim, shape, tile):
+@pytest.mark.parametrize("ndim, shape, plan", [(2, (3, 40, 52), TilePlan(2, (17, 23))),
+                                               (3, (20, 24, 28), TilePlan(1, (9, 11, 13)))])
+def test_tiled_refinement_equals_untiled(ndim, shape, plan):
     refiner = random_refiner(ndim)
     image, probabilities = random_case(shape)
     context = np.concatenate([refiner.normalisation(image), probabilities[1:]])
     whole, _ = refiner.refine_context(context, 6, stop_when_stable=False)
-    tiled, _ = refiner.refine_context(context, 6, stop_when_stable=False, tile_size=tile)
+    tiled, _ = refiner.refine_context(context, 6, stop_when_stable=False, plan=plan)
     initial = probabilities[1:]
     assert np.abs(whole - initial).max() > 1e-2, "the rule must change something for the test to mean anything"
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
@@ -129,3 +131,29 @@ def test_evolution_ends_where_refinement_ends(ndim, shape, z):
     np.testing.assert_array_equal(frames[0], probabilities[:, z].argmax(0))
     np.testing.assert_array_equal(frames[-1], segmentation[z])
     assert not np.array_equal(frames[0], frames[-1]), "the rule must change the slice for the test to mean anything"
+
+
+@pytest.mark.parametrize("ndim, shape, budget", [(3, (60, 64, 68), 30 ** 3), (2, (10, 40, 40), 5000)])
+def test_automatic_tiles_fit_the_budget_and_change_nothing(ndim, shape, budget):
+    """Several tiles per axis (3D) or chunks of slices (2D rule on a volume), each tile with its halo within
+    the cell budget, the same plan for a case 8x as large, and the untiled result exactly."""
+    refiner = random_refiner(ndim)
+    image, probabilities = random_case(shape)
+    context = np.concatenate([refiner.normalisation(image), probabilities[1:]])
+    whole, _ = refiner.refine_context(context, 3, stop_when_stable=False)
+    halo = refiner.model.receptive_radius(3)
+    batch, spatial = (shape[0], shape[1:]) if ndim == 2 else (1, shape)
+    plan = plan_tiles(batch, spatial, halo, budget)
+    outer = np.prod([min(c + 2 * halo, s) for c, s in zip(plan.core, spatial)])
+    assert plan.slices_per_chunk * outer <= budget
+    if ndim == 3:
+        assert all(s / c >= 3 for s, c in zip(spatial, plan.core)), plan
+    else:
+        assert plan == TilePlan(3, (40, 40))
+    larger = plan_tiles(batch * 2, [2 * s for s in spatial], halo, budget)
+    assert larger.slices_per_chunk * np.prod([min(c + 2 * halo, 2 * s) for c, s in zip(larger.core, spatial)]) <= budget
+    refiner.max_tile_cells = budget
+    tiled, used = refiner.refine_context(context, 3, stop_when_stable=True)
+    assert used == 3, "tiles run the full step count"
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert np.array_equal(tiled > 0.5, whole > 0.5)

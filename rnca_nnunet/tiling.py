@@ -1,0 +1,78 @@
+"""Exact tiled refinement with memory bounded by the tile.
+
+A local rule's result at a cell depends only on cells within its reach (`RNCA.receptive_radius`), so a
+tile refined together with a halo of that reach gives exactly the untiled result at its core. The
+cell budget counts the halo, so peak memory is that of one tile with its halo, whatever the case size;
+a 2D rule's slices (the batch) run in chunks. Tiles always run a fixed number of steps: stopping at
+steady state is a decision about the whole case, which a tile cannot make.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from rnca_nnunet.model import RuleShape
+
+CPU_CELL_BUDGET = {2: 2 ** 22, 3: 2 ** 21}  # ~4M / 2M cells: about 2-3 GiB of activations with the presets
+MIN_CORE = 16  # below this a tile is mostly halo; memory then exceeds the budget rather than work exploding
+
+
+def bytes_per_cell(shape: RuleShape) -> int:
+    """Peak float32 activations of one step per cell: state, perception, context, update input and hidden."""
+    perception = shape.state_channels * (shape.ndim + 1)
+    return 4 * (3 * shape.state_channels + 4 * perception + 2 * shape.update_width + shape.context_channels)
+
+
+def cell_budget(shape: RuleShape, device: torch.device) -> int:
+    """Cells one tile (halo included) may hold: half the free memory on CUDA, a fixed budget on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(MIN_CORE ** shape.ndim, free // 2 // bytes_per_cell(shape))
+    return CPU_CELL_BUDGET[shape.ndim]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    slices_per_chunk: int  # batch entries (a 2D rule's slices) run together
+    core: Tuple[int, ...]  # tile edge per spatial axis, halo excluded
+
+
+def plan_tiles(batch: int, spatial: Sequence[int], halo: int, max_cells: int) -> TilePlan:
+    """The largest core whose tile with halo fits `max_cells` (at least MIN_CORE), then as many slices per
+    chunk as fit beside it."""
+    def outer_cells(edge: int) -> int:
+        return int(np.prod([min(edge + 2 * halo, s) for s in spatial]))
+
+    edge, high = min(MIN_CORE, max(spatial)), max(spatial)
+    if outer_cells(edge) <= max_cells:
+        while edge < high:  # binary search: outer_cells grows with the edge
+            middle = (edge + high + 1) // 2
+            edge, high = (middle, high) if outer_cells(middle) <= max_cells else (edge, middle - 1)
+    return TilePlan(max(1, min(batch, max_cells // outer_cells(edge))), tuple(min(edge, s) for s in spatial))
+
+
+def tiles(spatial: Sequence[int], core: Sequence[int], halo: int) -> Iterator[Tuple[tuple, tuple, tuple]]:
+    """(core, outer, inner) slices: the core cells of a tile, the tile with its halo, and the core inside it."""
+    for corner in itertools.product(*(range(0, s, c) for s, c in zip(spatial, core))):
+        inner_core = tuple(slice(a, min(a + c, s)) for a, c, s in zip(corner, core, spatial))
+        outer = tuple(slice(max(c.start - halo, 0), min(c.stop + halo, s)) for c, s in zip(inner_core, spatial))
+        inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(inner_core, outer))
+        yield inner_core, outer, inner
+
+
+def run_tiled(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, out_channels: int, halo: int,
+              plan: TilePlan) -> np.ndarray:
+    """Apply `run` ((B, C, *tile) -> (B, out_channels, *tile)) tile by tile and chunk by chunk; exact when
+    `halo` is the rule's reach for the steps `run` takes."""
+    spatial = batch.shape[2:]
+    out = np.zeros((batch.shape[0], out_channels, *spatial), np.float32)
+    for start in range(0, batch.shape[0], plan.slices_per_chunk):
+        chunk = slice(start, start + plan.slices_per_chunk)
+        for core, outer, inner in tiles(spatial, plan.core, halo):
+            tile = run(np.ascontiguousarray(batch[(chunk, slice(None), *outer)]))
+            out[(chunk, slice(None), *core)] = tile[(slice(None), slice(None), *inner)]
+    return out
