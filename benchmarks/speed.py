@@ -1,55 +1,190 @@
-"""Speed and memory of the rNCA rule: inference steps per second and one training iteration,
-2D and 3D, on the available device. Prints a table; no targets are asserted here."""
+"""Speed and memory: the refinement stage against nnU-Net's own prediction, measured in one run.
+
+Part `pipeline` (default): for a 2D dataset (vessels2d, `2d`) and a 3D one (cardiac3d, `3d_fullres`), train
+nnU-Net's demo trainer (fold 0, --npz) and a short rNCA on its CV output, then predict the held-out cases
+in this process twice, with nnU-Net's own `nnUNetPredictor` and with `RNCAPredictor`, at nnU-Net's
+defaults (test-time mirroring) and at its fastest (--disable_tta); one fold each time. Reported per setting:
+nnU-Net's time, the refinement's time (inside the refining run) and their ratio, steps, voxel-steps per
+second. Part `memory`: peak RSS of refining a volume and one 4x as large, each in a fresh process.
+Part `rule`: the rule alone (steps per second and GPU memory at fixed sizes).
+
+    python benchmarks/speed.py --out speed_output --markdown benchmarks/SPEED.md
+Finished nnU-Net folds and refiners in --out are kept, so a stopped run resumes.
+"""
 from __future__ import annotations
 
+import argparse
+import os
+import platform
+import subprocess
+import sys
 import time
+from typing import Dict, List
 
+import numpy as np
 import torch
 
+from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.model import RNCA, RuleShape
 
-CASES = [("2D 512x512", 2, (1, 512, 512), 64), ("2D 8x512x512 (batch of slices)", 2, (8, 512, 512), 64),
-         ("3D 64^3", 3, (1, 64, 64, 64), 40), ("3D 128^3", 3, (1, 128, 128, 128), 40)]
+DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 60)}  # id, configuration, rNCA iterations
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA)"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
 
 
-def main() -> None:
+def prepare(kind: str, out: str, cases: int, test_cases: int, log) -> Dict[str, str]:
+    """Dataset, nnU-Net fold 0 with --npz, and a short rNCA on its CV output (each kept if already there)."""
+    dataset_id, configuration, iterations = DATASETS[kind]
+    env = nnunet_environment(out)
+    dataset = generate_dataset(kind, dataset_id, cases, test_cases, env, log)
+    train_base_model(dataset_id, configuration, env, log, folds=[0])
+    model_folder = os.path.join(env["nnUNet_results"], dataset, f"{TRAINER}__nnUNetPlans__{configuration}")
+    if not os.path.isfile(os.path.join(model_folder, "rnca", "rnca.json")):
+        run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device", "cpu",
+                  "--iterations", str(iterations), "--disable_progress_bar"], env, log)
+    os.environ["nnUNet_extTrainer"] = env["nnUNet_extTrainer"]
+    return {"model_folder": model_folder, "images": os.path.join(env["nnUNet_raw"], dataset, "imagesTs")}
+
+
+def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, refine: bool) -> Dict[str, float]:
+    """One in-process prediction of every case; with `refine`, the time spent inside the refiner too."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from rnca_nnunet.predictor import RNCAPredictor
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
-    print("| case | steps | inference s | ms/step | peak GiB | train iter s (batch 8 patches) |")
-    print("|---|---|---|---|---|---|")
-    for name, ndim, shape, steps in CASES:
+    predictor = (RNCAPredictor if refine else nnUNetPredictor)(device=device, use_mirroring=mirroring,
+                                                               allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (0,))
+    record = {"refine_s": 0.0, "steps": 0, "voxel_steps": 0, "cases": 0}
+    if refine:
+        predictor.log = lambda line: None
+        refine_case = predictor.refiner.refine
+
+        def timed(image, probabilities, steps=None):
+            start = time.perf_counter()
+            result = refine_case(image, probabilities, steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            record["refine_s"] += time.perf_counter() - start
+            record["steps"] += result[2]
+            record["voxel_steps"] += result[2] * int(np.prod(image.shape[1:]))
+            record["cases"] += 1
+            return result
+
+        predictor.refiner.refine = timed
+    start = time.perf_counter()
+    predictor.predict_from_files(images, out, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    record["total_s"] = time.perf_counter() - start
+    return record
+
+
+def pipeline_rows(kind: str, paths: Dict[str, str], out: str) -> List[str]:
+    rows = []
+    for setting, mirroring in (("defaults (mirroring)", True), ("fastest (--disable_tta)", False)):
+        plain = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "plain"), mirroring, False)
+        refined = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "refined"), mirroring, True)
+        n = refined["cases"]
+        rows.append(f"| {kind} | {setting} | {n} | {plain['total_s'] / n:.2f} | {refined['refine_s'] / n:.3f} | "
+                    f"{100 * refined['refine_s'] / plain['total_s']:.1f}% | "
+                    f"{(refined['total_s'] - plain['total_s']) / n:+.2f} | {refined['steps'] / n:.0f} | "
+                    f"{refined['voxel_steps'] / refined['refine_s']:.3g} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+MEMORY_PROBE = """
+import resource, sys, numpy as np, torch
+from rnca_nnunet.refiner import RNCARefiner
+torch.set_num_threads(int(sys.argv[3]))
+refiner = RNCARefiner.from_folder(sys.argv[1], torch.device("cpu"))
+factor = int(sys.argv[2])
+rng = np.random.default_rng(0)
+shape = (64, 96 * factor, 96)
+image = rng.normal(size=(1, *shape)).astype(np.float32)
+probabilities = rng.dirichlet(np.ones(refiner.semantics.mask_channels + 1), size=shape).transpose(3, 0, 1, 2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+refiner.refine(image, probabilities.astype(np.float32))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, int(np.prod(shape)))
+"""
+
+
+def memory_rows(refiner_folder: str) -> List[str]:
+    """Peak RSS added by refining a 64x96x96 volume and one 4x as large, each in a fresh process."""
+    rows = []
+    for factor in (1, 4):
+        result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, refiner_folder, str(factor),
+                                 str(torch.get_num_threads())], capture_output=True, text=True, check=True)
+        added_kib, cells = map(int, result.stdout.split()[-2:])
+        rows.append(f"| 3D rule, volume x{factor} | {cells} | {added_kib / 2 ** 20:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+RULE_CASES = [("2D 512x512", 2, (1, 512, 512), 64), ("3D 64^3", 3, (1, 64, 64, 64), 40)]
+
+
+def rule_rows() -> List[str]:
+    """The rule alone at fixed sizes: seconds per step and peak GPU memory."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name, ndim, shape, steps in RULE_CASES:
         model = RNCA(RuleShape(ndim, 2, 1, 12, 96 if ndim == 2 else 64)).to(device).eval()
         torch.nn.init.normal_(model.update_out.weight, std=0.05)
-        batch, spatial = shape[0], shape[1:]
-        context = torch.rand(batch, 2, *spatial, device=device)
+        context = torch.rand(shape[0], 2, *shape[1:], device=device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
-            model(model.initial_state(context[:, 1:]), context, 2)
-            _sync(device)
             start = time.perf_counter()
             model(model.initial_state(context[:, 1:]), context, steps)
-            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
-        patch = (64, 64) if ndim == 2 else (24, 32, 32)
-        model.train()
-        x = torch.rand(8, 2, *patch, device=device)
-        optimiser = torch.optim.AdamW(model.parameters(), 1e-3)
-        start = time.perf_counter()
-        for _ in range(3):
-            loss = model(model.initial_state(x[:, 1:]), x, 36, 0.5)[:, :1].square().mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        _sync(device)
-        train = (time.perf_counter() - start) / 3
-        print(f"| {name} | {steps} | {seconds:.3f} | {1000 * seconds / steps:.2f} | {peak:.2f} | {train:.3f} |")
+        peak = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f}" if device.type == "cuda" else "-"
+        rows.append(f"| {name} | {steps} | {seconds:.3f} | {np.prod(shape) * steps / seconds:.3g} | {peak} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="speed_output")
+    parser.add_argument("--parts", nargs="+", default=["pipeline", "memory", "rule"],
+                        choices=["pipeline", "memory", "rule"])
+    parser.add_argument("--cases", type=int, default=10, help="training cases per dataset")
+    parser.add_argument("--test_cases", type=int, default=5, help="predicted cases per dataset")
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args()
+    started, sections = time.time(), []
+    os.makedirs(args.out, exist_ok=True)
+    print(f"machine: {machine()}")
+    with open(os.path.join(args.out, "speed.log"), "a") as log:
+        paths = {kind: prepare(kind, os.path.abspath(os.path.join(args.out, kind)), args.cases, args.test_cases, log)
+                 for kind in DATASETS if {"pipeline", "memory"} & set(args.parts)}
+    if "pipeline" in args.parts:
+        rows = [r for kind in DATASETS for r in pipeline_rows(kind, paths[kind], os.path.join(args.out, kind))]
+        sections.append("| dataset | nnU-Net setting | cases | nnU-Net s/case | refinement s/case | refinement / "
+                        "nnU-Net | whole run, s/case added | steps/case | voxel-steps/s |\n|---|---|---|---|---|---|"
+                        "---|---|---|\n" + "\n".join(rows))
+    if "memory" in args.parts:
+        rows = memory_rows(os.path.join(paths["cardiac3d"]["model_folder"], "rnca"))
+        sections.append("| refinement | cells | peak RSS added, GiB |\n|---|---|---|\n" + "\n".join(rows))
+    if "rule" in args.parts:
+        sections.append("| rule alone | steps | seconds | voxel-steps/s | peak GPU GiB |\n|---|---|---|---|---|\n"
+                        + "\n".join(rule_rows()))
+    text = (f"# Speed benchmark\n\nGenerated by `python benchmarks/speed.py` in {(time.time() - started) / 60:.0f} "
+            f"minutes on {machine()}; nnU-Net `{TRAINER}` fold 0, one fold per prediction, "
+            f"{args.test_cases} cases per dataset.\n\n" + "\n\n".join(sections) + "\n")
+    print("\n" + text)
+    if args.markdown:
+        from rnca_nnunet.files import atomic_path
+
+        with atomic_path(args.markdown) as tmp:
+            open(tmp, "w").write(text)
 
 
 if __name__ == "__main__":

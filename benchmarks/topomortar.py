@@ -29,7 +29,8 @@ from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import LabelSemantics, Normalisation, probabilities_from_mask
 from rnca_nnunet.topomortar import IMPERFECT, convert, imperfect_label_cases
-from rnca_nnunet.train import split_cases, train_refiner
+from rnca_nnunet.train import train_refiner
+from rnca_nnunet.validation import split_cases
 
 
 def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: int) -> str:

@@ -66,7 +66,7 @@ def train_entry_point() -> None:
 
     from rnca_nnunet.config import load_preset, preset_names
     from rnca_nnunet.data import read_model_folder
-    from rnca_nnunet.train import train_from_model_folder
+    from rnca_nnunet.run_training import train_from_model_folder
 
     parser = argparse.ArgumentParser(description="Train an rNCA refiner on the --npz cross-validation predictions "
                                                  "of an nnU-Net model; writes <model folder>/rnca/.")

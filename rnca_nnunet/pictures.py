@@ -102,3 +102,32 @@ def write_evolution(path: str, image: Optional[np.ndarray], frames: Sequence[np.
         pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], loop=0,
                          duration=[milliseconds_per_step] * (len(pictures) - 1) + [1500])
     return path
+
+
+def plot_progress(path: str, validations: Sequence, losses: Sequence[float]) -> str:
+    """Training loss and held-out beta0 error / Dice per validation (`ValidationResult`s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(losses, alpha=0.3, label="loss")
+    if len(losses) >= 20:
+        axes[0].plot(np.convolve(losses, np.ones(20) / 20, mode="valid"), label="loss (mean of 20)")
+    axes[0].set_xlabel("iteration"), axes[0].set_yscale("log"), axes[0].legend()
+    if validations:
+        its = [v.iteration for v in validations]
+        for name in validations[0].after:
+            axes[1].plot(its, [v.after[name]["beta0_error"] for v in validations], "o-", label=f"{name} beta0 err")
+            axes[1].axhline(validations[0].before[name]["beta0_error"], ls="--", color="gray")
+        twin = axes[1].twinx()
+        for name in validations[0].after:
+            twin.plot(its, [v.after[name]["dice"] for v in validations], "s:", label=f"{name} Dice")
+        twin.set_ylabel("Dice"), twin.legend(loc="upper right")
+        axes[1].set_xlabel("iteration"), axes[1].set_ylabel("held-out beta0 error (dashed: before)")
+        axes[1].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -64,7 +64,7 @@ def test_training_validation_scores_nothing_under_the_ignore_label():
     import torch
 
     from rnca_nnunet.data import TrainingCase
-    from rnca_nnunet.train import validate
+    from rnca_nnunet.validation import validate
 
     from test_refiner import random_refiner
 

@@ -10,7 +10,8 @@ import torch
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
-from rnca_nnunet.train import train_refiner, validate
+from rnca_nnunet.train import train_refiner
+from rnca_nnunet.validation import validate
 
 ITERATIONS = 600  # about 3 minutes on 2 CPU cores; held-out beta0 error fell 80% when calibrated
 

@@ -1,0 +1,67 @@
+"""Held-out cases: the split, and before/after metrics of whole cases refined exactly as at prediction time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rnca_nnunet.data import TrainingCase
+from rnca_nnunet.metrics import case_metrics, mean_metrics
+from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.state import segmentation_from_mask
+
+
+def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -> Tuple[List, List]:
+    """Hold out a fraction of cases (at least one when there are two or more) for checkpoint selection."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = min(max(1, round(val_fraction * len(cases))), len(cases) - 1) if len(cases) > 1 else 0
+    return [cases[i] for i in order[n_val:]], [cases[i] for i in order[:n_val]]
+
+
+@dataclass
+class ValidationResult:
+    iteration: int
+    before: Dict[str, Dict[str, float]]
+    after: Dict[str, Dict[str, float]]
+    per_case: List[Dict]
+
+    @property
+    def score(self) -> float:
+        """Lower is better: remaining share of topology errors, minus a reward for Dice gained.
+
+        One error per class is added above and below the fraction, so that bases with almost no
+        topology errors (refining good labels) do not turn a few new errors into a huge ratio."""
+        topo = lambda m: sum(c["beta0_error"] + c["beta1_error"] + 1.0 for c in m.values())  # noqa: E731
+        dice = lambda m: float(np.mean([c["dice"] for c in m.values()]))  # noqa: E731
+        return topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
+
+
+def refine_cases(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> List[Tuple[np.ndarray, int]]:
+    """Refined mask channels and steps used of whole cases, exactly as at prediction time."""
+    return [refiner.refine_context(np.concatenate([case.image, case.mask]), refiner.steps, True) for case in cases]
+
+
+def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
+             refined: Optional[Sequence[Tuple[np.ndarray, int]]] = None) -> ValidationResult:
+    """Before/after metrics of whole held-out cases; `refined` reuses masks already computed."""
+    semantics, per_case = refiner.semantics, []
+    for case, (mask, steps) in zip(cases, refined or refine_cases(refiner, cases)):
+        reference = segmentation_from_mask(case.target, semantics)
+        entry = {"case": case.name, "steps": steps}
+        for key, segmentation in (("before", segmentation_from_mask(case.mask, semantics)),
+                                  ("after", refiner.segment(mask))):
+            segmentation[case.valid == 0] = 0  # the ignore label is scored nowhere, as in nnU-Net's evaluation
+            entry[key] = case_metrics(segmentation, reference, case.spacing, semantics.classes)
+        per_case.append(entry)
+    return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),
+                            mean_metrics([c["after"] for c in per_case]), per_case)
+
+
+def summary_line(result: ValidationResult) -> str:
+    parts = []
+    for name in result.after:
+        b, a = result.before[name], result.after[name]
+        parts.append(f"{name}: Dice {b['dice']:.3f}->{a['dice']:.3f} beta0 err {b['beta0_error']:.2f}->"
+                     f"{a['beta0_error']:.2f} beta1 err {b['beta1_error']:.2f}->{a['beta1_error']:.2f}")
+    return "; ".join(parts)
