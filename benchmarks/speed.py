@@ -5,7 +5,8 @@ nnU-Net's demo trainer (fold 0, --npz) and a short rNCA on its CV output, then p
 in this process twice, with nnU-Net's own `nnUNetPredictor` and with `RNCAPredictor`, at nnU-Net's
 defaults (test-time mirroring) and at its fastest (--disable_tta); one fold each time. Reported per setting:
 nnU-Net's time, the refinement's time (inside the refining run) and their ratio, steps, voxel-steps per
-second. Part `memory`: peak RSS of refining a volume and one 4x as large, each in a fresh process.
+second. Part `memory`: peak RSS of refining a volume and one 4x as large, each in a fresh process. Part
+`training_memory`: peak RSS of a short training on N and 4N cases, in memory and on disk.
 Part `rule`: the rule alone (steps per second and GPU memory at fixed sizes).
 
     python benchmarks/speed.py --out speed_output --markdown benchmarks/SPEED.md
@@ -27,7 +28,7 @@ import torch
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.model import RNCA, RuleShape
 
-DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 60)}  # id, configuration, rNCA iterations
+DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 30)}  # id, configuration, rNCA iterations
 
 
 def machine() -> str:
@@ -125,6 +126,43 @@ def memory_rows(refiner_folder: str) -> List[str]:
     return rows
 
 
+TRAINING_PROBE = """
+import resource, sys, tempfile, numpy as np, torch
+from dataclasses import replace
+from rnca_nnunet.case_store import store_case
+from rnca_nnunet.config import load_preset
+from rnca_nnunet.state import LabelSemantics, Normalisation
+from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+from rnca_nnunet.train import train_refiner
+torch.set_num_threads(int(sys.argv[3]))
+on_disk, count, folder = sys.argv[1] == "disk", int(sys.argv[2]), tempfile.mkdtemp()
+cases = []
+for index in range(count):  # cardiac3d volumes enlarged 4x in-plane: 12 x 192 x 192, one at a time
+    case = corrupted_cases("cardiac3d", 1, seed=index)[0]
+    tile = lambda a: np.ascontiguousarray(np.tile(a, (1,) * (a.ndim - 2) + (4, 4)))
+    case = replace(case, image=tile(case.image), mask=tile(case.mask), target=tile(case.target), valid=tile(case.valid))
+    cases.append(store_case(case, folder + "/cases", 2) if on_disk else case)
+config = load_preset("cardiac_2d", {"iterations": 10, "validate_every": 10, "inference_steps": 16})
+train_refiner(cases[:-2], cases[-2:], LabelSemantics(GENERATORS["cardiac3d"][1]), Normalisation(["ZScoreNormalization"], {}),
+              2, config, {}, torch.device("cpu"), log=lambda line: None, show_progress=False,
+              work_folder=folder + "/read_out" if on_disk else None)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def training_memory_rows() -> List[str]:
+    """Peak RSS of a short training on N and 4N enlarged cardiac3d volumes, cases in memory vs on disk."""
+    rows = []
+    for mode in ("memory", "disk"):
+        for count in (8, 32):
+            result = subprocess.run([sys.executable, "-c", TRAINING_PROBE, mode, str(count),
+                                     str(torch.get_num_threads())], capture_output=True, text=True, check=True)
+            rows.append(f"| cases {'in memory (old)' if mode == 'memory' else 'on disk (case_store.py)'} | {count} | "
+                        f"{int(result.stdout.split()[-1]) / 2 ** 20:.2f} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
 RULE_CASES = [("2D 512x512", 2, (1, 512, 512), 64), ("3D 64^3", 3, (1, 64, 64, 64), 40)]
 
 
@@ -153,8 +191,8 @@ def rule_rows() -> List[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="speed_output")
-    parser.add_argument("--parts", nargs="+", default=["pipeline", "memory", "rule"],
-                        choices=["pipeline", "memory", "rule"])
+    parser.add_argument("--parts", nargs="+", default=["pipeline", "memory", "training_memory", "rule"],
+                        choices=["pipeline", "memory", "training_memory", "rule"])
     parser.add_argument("--cases", type=int, default=10, help="training cases per dataset")
     parser.add_argument("--test_cases", type=int, default=5, help="predicted cases per dataset")
     parser.add_argument("--markdown", default=None)
@@ -173,6 +211,9 @@ def main() -> None:
     if "memory" in args.parts:
         rows = memory_rows(os.path.join(paths["cardiac3d"]["model_folder"], "rnca"))
         sections.append("| refinement | cells | peak RSS added, GiB |\n|---|---|---|\n" + "\n".join(rows))
+    if "training_memory" in args.parts:
+        sections.append("| training (cardiac3d 12x192x192, 2D rule, 10 iterations, 16 inference steps) | cases | peak RSS GiB |\n"
+                        "|---|---|---|\n" + "\n".join(training_memory_rows()))
     if "rule" in args.parts:
         sections.append("| rule alone | steps | seconds | voxel-steps/s | peak GPU GiB |\n|---|---|---|---|---|\n"
                         + "\n".join(rule_rows()))

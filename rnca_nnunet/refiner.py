@@ -151,16 +151,21 @@ class RNCARefiner:
         lead = list(range(array.ndim - 3))
         return array.transpose(lead + [len(lead) + int(a) for a in np.argsort(self.transpose_forward)])
 
+    def clean_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        """A label map (Z, Y, X) without components smaller than `min_component_size` cells and with holes
+        smaller than `min_hole_size` cells filled (see cleanup.py); both sizes are chosen on the CV cases."""
+        if self.min_component_size <= 1 and self.min_hole_size <= 1:
+            return segmentation
+        labels = [int(v) for v in np.unique(segmentation) if v > 0]
+        return fill_small_holes(remove_small_components(segmentation, labels, self.min_component_size),
+                                self.min_hole_size, per_slice=self.model.shape.ndim == 2)
+
     def clean(self, mask: np.ndarray) -> np.ndarray:
-        """Mask channels (K, Z, Y, X) without components smaller than `min_component_size` cells and with
-        holes smaller than `min_hole_size` cells filled (see cleanup.py); both sizes are chosen on the CV
-        cases at training time."""
+        """Mask channels (K, Z, Y, X) after `clean_segmentation`, so probabilities and labels agree."""
         if self.min_component_size <= 1 and self.min_hole_size <= 1:
             return mask
         segmentation = segmentation_from_mask(mask, self.semantics)
-        labels = [int(v) for v in np.unique(segmentation) if v > 0]
-        cleaned = fill_small_holes(remove_small_components(segmentation, labels, self.min_component_size),
-                                   self.min_hole_size, per_slice=self.model.shape.ndim == 2)
+        cleaned = self.clean_segmentation(segmentation)
         changed = cleaned != segmentation
         mask = mask.copy()
         mask[:, changed] = target_from_label(cleaned[changed], self.semantics)[0]
@@ -168,7 +173,7 @@ class RNCARefiner:
 
     def segment(self, mask: np.ndarray) -> np.ndarray:
         """Refined mask channels -> the label map that prediction writes."""
-        return segmentation_from_mask(self.clean(mask), self.semantics)
+        return self.clean_segmentation(segmentation_from_mask(mask, self.semantics))
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
                        plan: Optional[TilePlan] = None) -> Tuple[np.ndarray, int]:

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from rnca_nnunet.case_store import store_case
 from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case
 from rnca_nnunet.errors import InputError
@@ -63,7 +64,9 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
             if not predictions:
                 raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
                                  f"{model.validation_command(list(folds)[0])}")
-        cases = [load_training_case(model, npz, images_folder, labels_folder) for npz in predictions.values()]
+        store = os.path.join(staging, "cases")  # one case in memory at a time, here and in training
+        cases = [store_case(load_training_case(model, npz, images_folder, labels_folder), store, model.ndim)
+                 for npz in predictions.values()]
         train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
         log(f"rNCA training on {model.path}: {len(train_cases)} training and {len(val_cases)} held-out cases, "
             f"device {device}, config {json.dumps(config_to_dict(config))}")
@@ -72,7 +75,8 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
                       "channel_names": model.dataset_json["channel_names"],
                       "held_out_cases": [c.name for c in val_cases]}
         refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
-                                        config, trained_on, device, log, show_progress, model.transpose_forward)
+                                        config, trained_on, device, log, show_progress, model.transpose_forward,
+                                        os.path.join(staging, "read_out"))
     extra = write_training_outputs(staging, record) + [log_path]
     refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
     shutil.rmtree(staging, ignore_errors=True)

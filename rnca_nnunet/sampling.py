@@ -18,14 +18,41 @@ from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.loss_weights import centreline, topology_focus
 
 
+def _per_slice(ndim: int, function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """Apply a function of (K, *spatial) arrays per slice when a 2D rule is trained on volumes."""
+    if ndim == 2 and arrays[0].ndim == 4:
+        return np.stack([function(*(a[:, z] for a in arrays)) for z in range(arrays[0].shape[1])], 1)
+    return function(*arrays)
+
+
+def sampling_maps(case: TrainingCase, ndim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(topology focus (1, *spatial), label centreline (K, *spatial)) of a case, as float32 arrays."""
+    line = _per_slice(ndim, centreline, np.asarray(case.target))
+    focus = _per_slice(ndim, topology_focus, np.asarray(case.mask), np.asarray(case.target), line).any(0, keepdims=True)
+    return focus.astype(np.float32), line.astype(np.float32)
+
+
+CENTRE_KINDS = ("focus", "wrong", "wrong_or_foreground")
+
+
+def patch_centres(case: TrainingCase, focus: np.ndarray) -> Dict[str, np.ndarray]:
+    """(Z, Y, X) coordinates of the cells a patch may be centred on: topology focus, wrong cells, and wrong or
+    foreground cells; computed once, so a patch never scans a whole case."""
+    target = np.asarray(case.target) > 0.5
+    wrong = ((np.asarray(case.mask) > 0.5) != target).any(0)
+    return {"focus": np.argwhere(focus[0] > 0).astype(np.int32), "wrong": np.argwhere(wrong).astype(np.int32),
+            "wrong_or_foreground": np.argwhere(wrong | target.any(0)).astype(np.int32)}
+
+
 class PatchSampler:
-    """Random patches (context, target, loss weight), biased to cells that decide the topology."""
+    """Random patches (context, target, loss weight), biased to cells that decide the topology.
+
+    Cases may live on disk (case_store.py): a patch then reads only its own cells. Sampling maps and
+    patch centres come with the case when it has them, else they are computed on first use."""
 
     def __init__(self, cases: Sequence[TrainingCase], ndim: int, config: TrainConfig, rng: np.random.Generator):
         self.cases, self.ndim, self.config, self.rng = list(cases), ndim, config, rng
-        self.lines = [self._per_slice(centreline, c.target) for c in self.cases]
-        self.focus = [self._per_slice(topology_focus, c.mask, c.target, line).any(0, keepdims=True)
-                      for c, line in zip(self.cases, self.lines)]
+        self._computed: Dict[int, Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]] = {}
         self.patch = tuple(config.patch_size)
         axes = tuple(range(ndim))
         transforms = [MirrorTransform(axes=axes)]
@@ -33,29 +60,28 @@ class PatchSampler:
             transforms.append(Rot90Transform(num_rot=(1, 2, 3), axes=(0, 1), p_per_sample=0.5))
         self.augment = Compose(transforms)
 
-    def _per_slice(self, function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
-        """Apply a function of (K, *spatial) arrays per slice when a 2D rule is trained on volumes."""
-        if self.ndim == 2 and arrays[0].ndim == 4:
-            return np.stack([function(*(a[:, z] for a in arrays)) for z in range(arrays[0].shape[1])], 1)
-        return function(*arrays)
+    def _maps_of(self, index: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+        case = self.cases[index]
+        if getattr(case, "centres", None) is not None:
+            return case.focus, case.line, case.centres
+        if index not in self._computed:
+            focus, line = sampling_maps(case, self.ndim)
+            self._computed[index] = focus, line, patch_centres(case, focus)
+        return self._computed[index]
 
     def _crop(self, index: int) -> Tuple[np.ndarray, ...]:
         case = self.cases[index]
-        arrays = [case.image, case.mask, case.target, case.valid[None], self.focus[index], self.lines[index]]
-        if self.ndim == 2:
-            z = int(self.rng.integers(case.image.shape[1]))
-            arrays = [a[:, z] for a in arrays]
-        spatial = arrays[0].shape[1:]
+        focus, line, centres = self._maps_of(index)
+        arrays = [case.image, case.mask, case.target, case.valid[None], focus, line]
         draw = self.rng.random()
-        if draw < 0.5:
-            candidates = arrays[4][0] > 0
+        cells = centres["focus" if draw < 0.5 else "wrong_or_foreground" if draw > 0.75 else "wrong"]
+        if len(cells) and draw < 0.85:
+            centre = np.asarray(cells[self.rng.integers(len(cells))])
         else:
-            candidates = ((arrays[1] > 0.5) != (arrays[2] > 0.5)).any(0) | (arrays[2].any(0) & (draw > 0.75))
-        focus = np.argwhere(candidates)
-        if len(focus) and draw < 0.85:
-            centre = focus[self.rng.integers(len(focus))]
-        else:
-            centre = np.array([self.rng.integers(s) for s in spatial])
+            centre = np.array([self.rng.integers(s) for s in arrays[0].shape[1:]])
+        if self.ndim == 2:
+            arrays, centre = [a[:, int(centre[0])] for a in arrays], centre[1:]
+        spatial = arrays[0].shape[1:]
         out = []
         for a in arrays:
             lo = [int(c) - p // 2 for c, p in zip(centre, self.patch)]

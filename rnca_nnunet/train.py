@@ -43,10 +43,11 @@ class TrainingDiverged(InputError):
 def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
                   normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict,
                   device: torch.device, log: Callable[[str], None] = print,
-                  show_progress: bool = True, transpose_forward: Sequence[int] = (0, 1, 2)
-                  ) -> Tuple[RNCARefiner, TrainingRecord]:
+                  show_progress: bool = True, transpose_forward: Sequence[int] = (0, 1, 2),
+                  work_folder: Optional[str] = None) -> Tuple[RNCARefiner, TrainingRecord]:
     """Train a rule; returns the refiner with the best held-out checkpoint and read-out, and the record.
-    Raises TrainingDiverged as soon as the loss or a weight is not finite."""
+    Cases may be in memory or on disk (case_store.py); `work_folder` keeps the read-out search's label maps
+    on disk. Raises TrainingDiverged as soon as the loss or a weight is not finite."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
@@ -106,7 +107,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     final = None
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        choose_read_out(refiner, [*train_cases, *val_cases], log)
+        choose_read_out(refiner, [*train_cases, *val_cases], log, work_folder)
         final = validate(refiner, val_cases, best.iteration)
         log(f"kept the checkpoint of iteration {best.iteration}, components of fewer than "
             f"{refiner.min_component_size} cells removed, holes of fewer than {refiner.min_hole_size} "

@@ -1,8 +1,9 @@
 """Held-out cases: the split, and before/after metrics of whole cases refined exactly as at prediction time."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -37,22 +38,40 @@ class ValidationResult:
         return topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
 
 
-def refine_cases(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> List[Tuple[np.ndarray, int]]:
-    """Refined mask channels and steps used of whole cases, exactly as at prediction time."""
-    return [refiner.refine_context(np.concatenate([case.image, case.mask]), refiner.steps, True) for case in cases]
+Refined = Tuple[Union[np.ndarray, str], int]  # label map before the read-out's clean-up (or its .npy), steps
+
+
+def refine_cases(refiner: RNCARefiner, cases: Sequence[TrainingCase], folder: Optional[str] = None) -> List[Refined]:
+    """Label maps before the read-out's clean-up, and the steps used, of whole cases refined exactly as at
+    prediction time; with `folder` the maps are saved there and given by path, so memory does not grow with
+    the number of cases."""
+    refined = []
+    for case in cases:
+        mask, steps = refiner.refine_context(np.concatenate([case.image, case.mask]), refiner.steps, True)
+        segmentation = segmentation_from_mask(mask, refiner.semantics)
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+            np.save(os.path.join(folder, case.name + ".npy"), segmentation)
+            refined.append((os.path.join(folder, case.name + ".npy"), steps))
+        else:
+            refined.append((segmentation, steps))
+    return refined
 
 
 def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int,
-             refined: Optional[Sequence[Tuple[np.ndarray, int]]] = None) -> ValidationResult:
-    """Before/after metrics of whole held-out cases; `refined` reuses masks already computed."""
+             refined: Optional[Sequence[Refined]] = None) -> ValidationResult:
+    """Before/after metrics of whole held-out cases, one case in memory at a time; `refined` reuses label
+    maps already computed by `refine_cases` (the read-out's clean-up is applied here)."""
     semantics, per_case = refiner.semantics, []
-    for case, (mask, steps) in zip(cases, refined or refine_cases(refiner, cases)):
+    for index, case in enumerate(cases):
+        raw, steps = refined[index] if refined is not None else refine_cases(refiner, [case])[0]
+        raw = np.load(raw) if isinstance(raw, str) else raw
         reference = segmentation_from_mask(case.target, semantics)
+        ignored = np.asarray(case.valid) == 0  # the ignore label is scored nowhere, as in nnU-Net's evaluation
         entry = {"case": case.name, "steps": steps}
         for key, segmentation in (("before", segmentation_from_mask(case.mask, semantics)),
-                                  ("after", refiner.segment(mask))):
-            segmentation[case.valid == 0] = 0  # the ignore label is scored nowhere, as in nnU-Net's evaluation
-            entry[key] = case_metrics(segmentation, reference, case.spacing, semantics.classes)
+                                  ("after", refiner.clean_segmentation(raw))):
+            entry[key] = case_metrics(np.where(ignored, 0, segmentation), reference, case.spacing, semantics.classes)
         per_case.append(entry)
     return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),
                             mean_metrics([c["after"] for c in per_case]), per_case)
