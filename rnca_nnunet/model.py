@@ -102,6 +102,11 @@ class RNCA(nn.Module):
         """How far (in cells) a result can depend on its input: the halo a tile needs."""
         return 2 * steps + 1
 
+    def growth_radius(self, steps: int) -> int:
+        """How far (in cells) from every initially alive cell nothing changes and nothing is read in `steps`
+        steps: the alive region grows one cell a step, and an alive cell's context reads one cell further."""
+        return steps + 2
+
     @staticmethod
     def read_mask(state: torch.Tensor, mask_channels: int) -> torch.Tensor:
         return state[:, :mask_channels].clamp(0.0, 1.0)

@@ -24,7 +24,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import shared_folder_permissions
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape
-from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, run_tiled
+from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, reachable_region, run_tiled
 from rnca_nnunet.state import (LabelSemantics, Normalisation, mask_from_probabilities, probabilities_from_mask,
                                segmentation_from_mask, target_from_label)
 
@@ -179,20 +179,28 @@ class RNCARefiner:
                        plan: Optional[TilePlan] = None) -> Tuple[np.ndarray, int]:
         """Context (I + K, Z, Y, X) -> refined mask channels (K, Z, Y, X) and the steps used.
 
-        A case within the cell budget runs whole (and may stop at steady state); a larger one, or any case
-        given a `plan`, runs in exact tiles (see tiling.py) for the full step count."""
+        Only the slices and the box the rule can reach from its alive cells are run (the rest stays background,
+        as it would); a region within the cell budget runs whole (and may stop at steady state), a larger one,
+        or any region given a `plan`, runs in exact tiles (see tiling.py) for the full step count."""
         k = self.semantics.mask_channels
         if self.model.shape.ndim == 2:  # slices become the batch
-            batch = np.ascontiguousarray(np.moveaxis(context, 1, 0))
+            batch = np.moveaxis(context, 1, 0)
         else:
             batch = context[None]
-        budget = self.max_tile_cells or cell_budget(self.model.shape, self.device)
-        if plan is None and batch.size // batch.shape[1] <= budget:
-            mask, used = self._run(batch, steps, stop_when_stable)
-        else:
-            halo = self.model.receptive_radius(steps)
-            plan = plan or plan_tiles(batch.shape[0], batch.shape[2:], halo, budget)
-            mask, used = run_tiled(lambda tile: self._run(tile, steps, False)[0], batch, k, halo, plan), steps
+        mask = np.zeros((batch.shape[0], k, *batch.shape[2:]), np.float32)  # what dead cells read out
+        region = reachable_region(batch[:, -k:], self.model.shape.alive_threshold, self.model.growth_radius(steps))
+        used = 0
+        if region is not None:
+            entries, box = region
+            batch = np.ascontiguousarray(batch[(entries, slice(None), *box)])
+            budget = self.max_tile_cells or cell_budget(self.model.shape, self.device)
+            if plan is None and batch.size // batch.shape[1] <= budget:
+                refined, used = self._run(batch, steps, stop_when_stable)
+            else:
+                halo = self.model.receptive_radius(steps)
+                plan = plan or plan_tiles(batch.shape[0], batch.shape[2:], halo, budget)
+                refined, used = run_tiled(lambda tile: self._run(tile, steps, False)[0], batch, k, halo, plan), steps
+            mask[(entries, slice(None), *box)] = refined
         return (np.moveaxis(mask, 0, 1) if self.model.shape.ndim == 2 else mask[0]), used
 
     def evolution(self, image: np.ndarray, probabilities: np.ndarray, z: int,

@@ -3,14 +3,15 @@
 A local rule's result at a cell depends only on cells within its reach (`RNCA.receptive_radius`), so a
 tile refined together with a halo of that reach gives exactly the untiled result at its core. The
 cell budget counts the halo, so peak memory is that of one tile with its halo, whatever the case size;
-a 2D rule's slices (the batch) run in chunks. Tiles always run a fixed number of steps: stopping at
+a 2D rule's slices (the batch) run in chunks. Only the region a rule can reach from its alive cells is run at
+all (`reachable_region`). Tiles always run a fixed number of steps: stopping at
 steady state is a decision about the whole case, which a tile cannot make.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,6 +54,22 @@ def plan_tiles(batch: int, spatial: Sequence[int], halo: int, max_cells: int) ->
             middle = (edge + high + 1) // 2
             edge, high = (middle, high) if outer_cells(middle) <= max_cells else (edge, middle - 1)
     return TilePlan(max(1, min(batch, max_cells // outer_cells(edge))), tuple(min(edge, s) for s in spatial))
+
+
+def reachable_region(mask: np.ndarray, threshold: float, margin: int) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
+    """(batch entries, spatial box) outside which a rule stays dead: the entries of (B, K, *spatial) mask channels
+    with a cell above `threshold`, and their box widened by `margin` cells (`RNCA.growth_radius`); None when no
+    cell is alive. Refining only that region gives the same result (a heart in a large CT, empty slices)."""
+    alive = (mask > threshold).any(1)
+    entries = np.flatnonzero(alive.reshape(len(alive), -1).any(1))
+    if not len(entries):
+        return None
+    alive = alive[entries].any(0)
+    box = []
+    for axis, size in enumerate(alive.shape):
+        present = np.flatnonzero(alive.any(tuple(a for a in range(alive.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + 1 + margin, size)))
+    return entries, tuple(box)
 
 
 def tiles(spatial: Sequence[int], core: Sequence[int], halo: int) -> Iterator[Tuple[tuple, tuple, tuple]]:

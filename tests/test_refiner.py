@@ -157,3 +157,29 @@ def test_automatic_tiles_fit_the_budget_and_change_nothing(ndim, shape, budget):
     assert used == 3, "tiles run the full step count"
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     assert np.array_equal(tiled > 0.5, whole > 0.5)
+
+
+@pytest.mark.parametrize("ndim, shape", [(2, (6, 48, 40)), (3, (30, 36, 40))])
+def test_only_the_reachable_region_runs_and_the_result_is_unchanged(ndim, shape):
+    """A small structure in a large case (a heart in a CT, slices without foreground): the rule runs on the box
+    it can reach from its alive cells, and every cell comes out as when the whole case is run."""
+    refiner = random_refiner(ndim)
+    image, probabilities = random_case(shape)
+    probabilities[1:] *= 0.05  # background everywhere ...
+    probabilities[1:, 2:4, 20:26, 15:19] = [[[[0.7]]], [[[0.2]]]]  # ... but one small LV block on two slices
+    probabilities[0] = 1 - probabilities[1:].sum(0)
+    context = np.concatenate([refiner.normalisation(image), probabilities[1:]])
+    batch = np.moveaxis(context, 1, 0) if ndim == 2 else context[None]
+    ran = []
+    run = refiner._run
+    refiner._run = lambda part, *args, **kwargs: ran.append(part.shape) or run(part, *args, **kwargs)
+    cropped, _ = refiner.refine_context(context, 6, stop_when_stable=False)
+    whole, _ = run(np.ascontiguousarray(batch), 6, False)
+    whole = np.moveaxis(whole, 0, 1) if ndim == 2 else whole[0]
+    margin = refiner.model.growth_radius(6)
+    expected = (2, 3, 6 + 2 * margin, 4 + 2 * margin) if ndim == 2 else (1, 3, 2 + 2 + margin, 6 + 2 * margin,
+                                                                          4 + 2 * margin)
+    assert ran == [expected]
+    assert np.abs(whole - probabilities[1:]).max() > 1e-2, "the rule must change something for the test to mean anything"
+    np.testing.assert_allclose(cropped, whole, atol=1e-6)
+    assert np.array_equal(cropped > 0.5, whole > 0.5)
