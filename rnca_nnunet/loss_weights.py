@@ -13,12 +13,22 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 
+def _skeleton(channel: np.ndarray) -> np.ndarray:
+    """The skeleton; of a volume, also the skeletons of its slices along every axis: a volume's curve skeleton
+    misses most of a wall (a myocardium), and a gap in a wall is as much a topology error as a break in a tube."""
+    skeleton = skeletonize(channel)
+    if channel.ndim == 3:
+        for axis in range(3):
+            skeleton |= np.stack([skeletonize(s) for s in np.moveaxis(channel, axis, 0)], axis)
+    return skeleton
+
+
 def centreline(target: np.ndarray) -> np.ndarray:
     """(K, *spatial) label -> the cells whose loss breaks a structure: its skeleton, one cell thick each side."""
     out = np.zeros(target.shape, bool)
     for k, channel in enumerate(target > 0.5):
         if channel.any():
-            out[k] = ndimage.binary_dilation(skeletonize(channel)) & channel
+            out[k] = ndimage.binary_dilation(_skeleton(channel)) & channel
     return out
 
 

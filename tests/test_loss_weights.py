@@ -32,3 +32,14 @@ def test_specks_pinholes_and_breaks_are_in_focus_but_a_true_hole_is_not():
     assert focus[5:12, 22:26].any(), "the missing centreline of the break"
     assert not focus[24, 24], "the ring's own hole is right"
     assert not focus[40:, :].any(), "nothing where the mask is right"
+
+
+def test_a_slot_through_a_wall_of_a_volume_is_in_focus():
+    """A myocardium in 3D is a wall (a tube of rings): a gap through every slice is a topology error even where
+    the volume's curve skeleton does not pass."""
+    label = np.stack([ring()] * 10)
+    prediction = label.copy()
+    prediction[:, :14, 22:26] = False  # the same break in every slice: the tube becomes an open sheet
+    focus = focus_of(prediction, label)
+    assert all(focus[z, 8:13, 22:26].any() for z in range(10)), "the gap is in focus in every slice"
+    assert not focus[:, 40:, :].any(), "nothing where the mask is right"
