@@ -72,11 +72,19 @@ class RNCA(nn.Module):
         foreground = state[:, : self.shape.mask_channels].amax(1, keepdim=True)
         return self._max_pool(foreground, 3, stride=1, padding=1) > self.shape.alive_threshold
 
-    def step(self, state: torch.Tensor, context: torch.Tensor, fire_rate: float) -> torch.Tensor:
-        """One synchronous update; in training each cell fires with probability `fire_rate`."""
+    def context_drive(self, context_input: torch.Tensor) -> torch.Tensor:
+        """The image context's share of the update's first layer (its bias included): it never changes during a
+        rollout, so it is computed once instead of at every step (the same sum, about half the work per step)."""
+        width = self.update_in.in_channels // 2
+        return self._conv(self.context(context_input), self.update_in.weight[:, width:], self.update_in.bias)
+
+    def step(self, state: torch.Tensor, drive: torch.Tensor, fire_rate: float) -> torch.Tensor:
+        """One synchronous update given the `context_drive`; in training each cell fires with probability
+        `fire_rate`."""
         alive_before = self.alive(state)
         perceived = self._conv(state, self.perception_kernels, padding=1, groups=state.shape[1])
-        delta = self.update_out(torch.relu(self.update_in(torch.cat([perceived, context], 1))))
+        width = self.update_in.in_channels // 2
+        delta = self.update_out(torch.relu(self._conv(perceived, self.update_in.weight[:, :width]) + drive))
         if self.training and fire_rate < 1.0:
             fires = torch.rand_like(state[:, :1]) < fire_rate
             delta = delta * fires / fire_rate
@@ -91,9 +99,9 @@ class RNCA(nn.Module):
                 on_step: Optional[Callable[[int, torch.Tensor], bool]] = None) -> Tuple[torch.Tensor, int]:
         """Run up to `steps` updates; `on_step(step, state)` sees every state and may return True to stop
         (steady state, or recording the evolution). Returns the final state and the steps run."""
-        context = self.context(context_input)
+        drive = self.context_drive(context_input)
         for step in range(1, steps + 1):
-            state = self.step(state, context, fire_rate)
+            state = self.step(state, drive, fire_rate)
             if on_step is not None and on_step(step, state):
                 return state, step
         return state, steps

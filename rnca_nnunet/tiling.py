@@ -23,9 +23,9 @@ MIN_CORE = 16  # below this a tile is mostly halo; memory then exceeds the budge
 
 
 def bytes_per_cell(shape: RuleShape) -> int:
-    """Peak float32 activations of one step per cell: state, perception, context, update input and hidden."""
+    """Peak float32 activations of one step per cell: state, perception, the context's drive and hidden."""
     perception = shape.state_channels * (shape.ndim + 1)
-    return 4 * (3 * shape.state_channels + 4 * perception + 2 * shape.update_width + shape.context_channels)
+    return 4 * (3 * shape.state_channels + 2 * perception + 4 * shape.update_width + shape.context_channels)
 
 
 def cell_budget(shape: RuleShape, device: torch.device) -> int:
