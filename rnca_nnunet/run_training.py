@@ -1,14 +1,14 @@
 """nnU-Net model folder -> trained `rnca/` folder: find and load the CV cases, train, write logs and plots.
 
-Work happens in `rnca.training/` (replaced by the next run if this one is killed); `rnca/` is replaced
-only by a finished, finite refiner.
+Work happens in `rnca.training/` (replaced by the next run if this one is killed; after an error only its
+log stays); `rnca/` is replaced only by a finished, finite refiner.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -43,13 +43,28 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
                             show_progress: bool = True) -> RNCARefiner:
     """Train on a model folder's CV predictions and write `rnca/` into it (atomically, logs included).
 
-    Work happens in `rnca.training/` (replaced by the next run if this one is killed); `rnca/` is replaced
-    only by a finished, finite refiner."""
+    Work happens in `rnca.training/`; `rnca/` is replaced only by a finished, finite refiner."""
     staging = os.path.join(model.path, FOLDER_NAME + ".training")
     if os.path.isdir(staging):
         shutil.rmtree(staging)
     os.makedirs(staging)
     log_path = os.path.join(staging, "training_log.txt")
+    try:
+        refiner, record = _train_in(staging, log_path, model, images_folder, labels_folder, config, device, folds,
+                                    show_progress)
+    finally:  # the case copies can be gigabytes; a failed run keeps only its log
+        for name in ("cases", "read_out"):
+            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+    extra = write_training_outputs(staging, record) + [log_path]
+    refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
+    shutil.rmtree(staging, ignore_errors=True)
+    return refiner
+
+
+def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: str, labels_folder: str,
+              config: TrainConfig, device: torch.device, folds: Optional[Sequence[int]],
+              show_progress: bool) -> Tuple[RNCARefiner, TrainingRecord]:
+    """Load the CV cases into `staging`/cases and train, logging to `log_path`."""
     with open(log_path, "w") as log_file:
         def log(line: str) -> None:
             (tqdm.write if show_progress else print)(line)
@@ -77,7 +92,4 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
         refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
                                         config, trained_on, device, log, show_progress, model.transpose_forward,
                                         os.path.join(staging, "read_out"))
-    extra = write_training_outputs(staging, record) + [log_path]
-    refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
-    shutil.rmtree(staging, ignore_errors=True)
-    return refiner
+    return refiner, record

@@ -163,6 +163,7 @@ def test_bad_training_data_never_replaces_a_good_refiner(trained_vessel_refiner,
     probabilities[:, 0, 5, 5] = np.nan
     np.savez_compressed(npz, probabilities=probabilities)
     assert_one_line_error(copy.run(*train, check=False), f"{npz}: probabilities contain NaN")
+    assert os.listdir(folder / "rnca.training") == ["training_log.txt"], "a failed run keeps its log, not its data"
     npz.write_bytes(npz.read_bytes()[:100])
     assert_one_line_error(copy.run(*train, check=False), f"{npz}: not a readable nnU-Net probability file")
     assert (folder / "rnca" / "refiner.safetensors").read_bytes() == weights
