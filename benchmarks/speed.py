@@ -5,7 +5,7 @@ nnU-Net's demo trainer (fold 0, --npz) and a short rNCA on its CV output, then p
 in this process twice, with nnU-Net's own `nnUNetPredictor` and with `RNCAPredictor`, at nnU-Net's
 defaults (test-time mirroring) and at its fastest (--disable_tta); one fold each time. Reported per setting:
 nnU-Net's time, the refinement's time (inside the refining run) and their ratio, steps, voxel-steps per
-second. Part `memory`: peak RSS of refining a volume and one 4x as large, each in a fresh process. Part
+second. Part `memory`: peak RSS of refining a volume and ones 4x and 16x as large, each in a fresh process. Part
 `training_memory`: peak RSS of a short training on N and 4N cases, in memory and on disk.
 Part `rule`: the rule alone (steps per second and GPU memory at fixed sizes).
 
@@ -25,6 +25,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from rnca_nnunet.config import load_preset
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.model import RNCA, RuleShape
 
@@ -115,9 +116,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, int(np.prod(s
 
 
 def memory_rows(refiner_folder: str) -> List[str]:
-    """Peak RSS added by refining a 64x96x96 volume and one 4x as large, each in a fresh process."""
+    """Peak RSS added by refining a 64x96x96 volume and ones 4x and 16x as large, each in a fresh process: the
+    first fits the CPU cell budget whole, the others run in tiles, so their peak must be the same."""
     rows = []
-    for factor in (1, 4):
+    for factor in (1, 4, 16):
         result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, refiner_folder, str(factor),
                                  str(torch.get_num_threads())], capture_output=True, text=True, check=True)
         added_kib, cells = map(int, result.stdout.split()[-2:])
@@ -163,15 +165,17 @@ def training_memory_rows() -> List[str]:
     return rows
 
 
-RULE_CASES = [("2D 512x512", 2, (1, 512, 512), 64), ("3D 64^3", 3, (1, 64, 64, 64), 40)]
+RULE_CASES = [("2D 512x512, vessels_2d", "vessels_2d", (1, 512, 512)), ("3D 64^3, default_3d", "default_3d", (1, 64, 64, 64))]
 
 
 def rule_rows() -> List[str]:
-    """The rule alone at fixed sizes: seconds per step and peak GPU memory."""
+    """The rule alone at fixed sizes with the presets' shapes and steps: seconds and peak GPU memory."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
-    for name, ndim, shape, steps in RULE_CASES:
-        model = RNCA(RuleShape(ndim, 2, 1, 12, 96 if ndim == 2 else 64)).to(device).eval()
+    for name, preset, shape in RULE_CASES:
+        config = load_preset(preset)
+        steps, ndim = config.inference_steps, len(shape) - 1
+        model = RNCA(RuleShape(ndim, 2, 1, config.hidden_channels, config.update_width)).to(device).eval()
         torch.nn.init.normal_(model.update_out.weight, std=0.05)
         context = torch.rand(shape[0], 2, *shape[1:], device=device)
         if device.type == "cuda":

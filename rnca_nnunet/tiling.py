@@ -43,17 +43,20 @@ class TilePlan:
 
 
 def plan_tiles(batch: int, spatial: Sequence[int], halo: int, max_cells: int) -> TilePlan:
-    """The largest core whose tile with halo fits `max_cells` (at least MIN_CORE), then as many slices per
-    chunk as fit beside it."""
-    def outer_cells(edge: int) -> int:
-        return int(np.prod([min(edge + 2 * halo, s) for s in spatial]))
+    """Tile cores whose tiles with halo fit `max_cells`, then as many slices per chunk as fit beside them.
 
-    edge, high = min(MIN_CORE, max(spatial)), max(spatial)
-    if outer_cells(edge) <= max_cells:
-        while edge < high:  # binary search: outer_cells grows with the edge
-            middle = (edge + high + 1) // 2
-            edge, high = (middle, high) if outer_cells(middle) <= max_cells else (edge, middle - 1)
-    return TilePlan(max(1, min(batch, max_cells // outer_cells(edge))), tuple(min(edge, s) for s in spatial))
+    Cores start as the whole case and the longest core is halved until a tile fits (never below MIN_CORE):
+    axes that fit stay whole, so a deep halo (2 x steps + 1) is paid on as few tile faces as possible
+    (cubic cores would pay it on every axis of an anisotropic volume)."""
+    core = list(spatial)
+
+    def outer_cells() -> int:
+        return int(np.prod([min(c + 2 * halo, s) for c, s in zip(core, spatial)]))
+
+    while outer_cells() > max_cells and max(core) > MIN_CORE:
+        axis = int(np.argmax(core))
+        core[axis] = max(MIN_CORE, -(-core[axis] // 2))
+    return TilePlan(max(1, min(batch, max_cells // outer_cells())), tuple(core))
 
 
 def reachable_region(mask: np.ndarray, threshold: float, margin: int) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
