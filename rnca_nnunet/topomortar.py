@@ -35,7 +35,8 @@ def _save(array: np.ndarray, path: str) -> None:
         io.imsave(tmp, array, check_contrast=False)
 
 
-def _label(path: str, factor: int) -> np.ndarray:
+def read_label(path: str, factor: int) -> np.ndarray:
+    """A TopoMortar label PNG as 0/1, downsampled by `factor` (a cell is mortar where most of it was)."""
     mask = io.imread(path) > 127
     if factor > 1:
         mask = downscale_local_mean(mask.astype(np.float32), (factor, factor)) >= 0.5
@@ -61,10 +62,10 @@ def convert(source: str, raw_folder: str, dataset_id: int = 950, downsample: int
             if downsample > 1:
                 image = downscale_local_mean(image.astype(np.float32), (downsample, downsample, 1)).round()
             _save(image.astype(np.uint8), os.path.join(folder, "images" + suffix, f"{case}_0000.png"))
-            _save(_label(os.path.join(dataset_root, split, "accurate", file), downsample),
+            _save(read_label(os.path.join(dataset_root, split, "accurate", file), downsample),
                   os.path.join(folder, "labels" + suffix, f"{case}.png"))
             for kind in IMPERFECT:
-                _save(_label(os.path.join(dataset_root, split, kind, file), downsample),
+                _save(read_label(os.path.join(dataset_root, split, kind, file), downsample),
                       os.path.join(folder, f"labels{suffix}_{kind}", f"{case}.png"))
         training_cases += len(images) if suffix == "Tr" else 0
     generate_dataset_json(folder, {0: "R", 1: "G", 2: "B"}, {"background": 0, "mortar": 1}, training_cases,
