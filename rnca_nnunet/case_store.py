@@ -17,9 +17,6 @@ import numpy as np
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.sampling import CENTRE_KINDS, patch_centres, sampling_maps
 
-ARRAYS = ("image", "mask", "target", "valid", "focus", "line")
-
-
 class StoredCase:
     """A training case whose arrays are read from disk on each access (memory-mapped, released after use)."""
 

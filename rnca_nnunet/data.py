@@ -177,8 +177,6 @@ class TrainingCase:
     target: np.ndarray  # (K, Z, Y, X)
     valid: np.ndarray  # (Z, Y, X), 0 on the ignore label
     spacing: Tuple[float, ...]
-    focus: Optional[np.ndarray] = None  # (1, Z, Y, X) topology focus of the base mask (sampling.sampling_maps)
-    line: Optional[np.ndarray] = None  # (K, Z, Y, X) label centreline
 
 
 def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, labels_folder: str,

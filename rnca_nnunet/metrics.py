@@ -12,7 +12,7 @@ Conventions (stated because published numbers differ with them):
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import cc3d
 import numpy as np
@@ -42,22 +42,24 @@ def _count_components(mask: np.ndarray, connectivity: int) -> int:
     return int(cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=connectivity).max())
 
 
-def _enclosed_background_components(mask: np.ndarray, connectivity: int) -> int:
-    """Background components that do not touch the image border (holes in 2D, cavities in 3D)."""
-    padded = np.pad(~mask, 1, constant_values=True)
+def enclosed_background(mask: np.ndarray, connectivity: int) -> Tuple[np.ndarray, int]:
+    """Background components that do not touch the image border (holes in 2D, cavities in 3D), labelled
+    1..n (0 elsewhere), and n. The padded border is the first background cc3d meets, so it is label 1."""
+    padded = np.pad(~np.asarray(mask, bool), 1, constant_values=True)
     labels = cc3d.connected_components(padded.astype(np.uint8), connectivity=connectivity)
-    return int(labels.max()) - 1
+    inner = labels[(slice(1, -1),) * mask.ndim].astype(np.int64)
+    return np.maximum(inner - 1, 0), int(labels.max()) - 1
 
 
 def betti_numbers(mask: np.ndarray) -> Sequence[int]:
     """(beta0, beta1) for a 2D mask, (beta0, beta1, beta2) for a 3D mask."""
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim == 2:
-        return _count_components(mask, 8), _enclosed_background_components(mask, 4)
+        return _count_components(mask, 8), enclosed_background(mask, 4)[1]
     if mask.ndim != 3:
         raise ValueError(f"betti_numbers needs a 2D or 3D mask, got {mask.ndim}D")
     beta0 = _count_components(mask, 26)
-    beta2 = _enclosed_background_components(mask, 6)
+    beta2 = enclosed_background(mask, 6)[1]
     euler = int(euler_number(mask, connectivity=3)) if mask.any() else 0
     return beta0, beta0 + beta2 - euler, beta2
 

@@ -12,23 +12,14 @@ When the overlap graph has no cycle, beta1 error = |spurious + split - filled - 
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import cc3d
 import numpy as np
 
+from rnca_nnunet.metrics import enclosed_background
+
 PINHOLE = 16  # cells: holes smaller than this are counted apart (the read-out's clean-up can fill them)
-
-
-def hole_labels(mask: np.ndarray) -> Tuple[np.ndarray, int]:
-    """Background components touching no border (4-connected) of a 2D mask, labelled 1..n, and n."""
-    padded = cc3d.connected_components(np.pad(~mask, 1, constant_values=True).astype(np.uint8), connectivity=4)
-    labels = padded[1:-1, 1:-1].astype(np.int64)
-    labels[labels == padded[0, 0]] = 0
-    values = np.unique(labels[labels > 0])
-    relabelled = np.zeros_like(labels)
-    relabelled[labels > 0] = np.searchsorted(values, labels[labels > 0]) + 1
-    return relabelled, len(values)
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -42,8 +33,8 @@ def loop_and_piece_errors(prediction: np.ndarray, label: np.ndarray) -> Dict[str
     prediction, label = np.asarray(prediction, bool), np.asarray(label, bool)
     if prediction.ndim != 2:
         raise ValueError(f"loop_and_piece_errors is defined for 2D masks, got {prediction.ndim}D")
-    label_holes, n_label = hole_labels(label)
-    predicted_holes, n_predicted = hole_labels(prediction)
+    label_holes, n_label = enclosed_background(label, 4)
+    predicted_holes, n_predicted = enclosed_background(prediction, 4)
     pairs = _overlaps(label_holes, predicted_holes)
     per_label = np.bincount(pairs[:, 0], minlength=n_label + 1)[1:]
     per_predicted = np.bincount(pairs[:, 1], minlength=n_predicted + 1)[1:]

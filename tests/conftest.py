@@ -79,3 +79,23 @@ def trained_vessel_refiner(vessel_model) -> NnunetModel:
     vessel_model.run("nnUNetv2_train_rnca", str(vessel_model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER,
                      "-device", "cpu", "--iterations", "6", "--disable_progress_bar")
     return vessel_model
+
+
+def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, checkpoint: int, held_out: int):
+    """A refiner trained on generated cases whose base masks are synthetic corruptions of their labels (`train`
+    cases, `checkpoint` more to choose the checkpoint and read-out), and `held_out` cases of another seed."""
+    import torch
+
+    from rnca_nnunet.config import load_preset
+    from rnca_nnunet.state import LabelSemantics, Normalisation
+    from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+    from rnca_nnunet.train import train_refiner
+
+    torch.set_num_threads(2)
+    cases = corrupted_cases(kind, train + checkpoint, seed=101)
+    config = load_preset(preset, {"iterations": iterations, "validate_every": iterations // 4})
+    ndim = len(config.patch_size)
+    refiner, _ = train_refiner(cases[:train], cases[train:], LabelSemantics(GENERATORS[kind][1]),
+                               Normalisation(["ZScoreNormalization"], {}), ndim, config, {}, torch.device("cpu"),
+                               log=lambda line: None, show_progress=False)
+    return refiner, corrupted_cases(kind, held_out, seed=202)

@@ -5,27 +5,18 @@ so the check takes minutes on a CPU. An identity refiner fails it: the rule alon
 half of the beta0 (component) errors without costing more than one Dice point, and the read-out's
 clean-up (sizes chosen on the training's held-out cases) must not undo that.
 """
-import torch
-
-from rnca_nnunet.config import load_preset
-from rnca_nnunet.state import LabelSemantics, Normalisation
-from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
-from rnca_nnunet.train import train_refiner
 from rnca_nnunet.validation import validate
 
-ITERATIONS = 600  # about 3 minutes on 2 CPU cores; held-out beta0 error fell 80% when calibrated
+from conftest import train_on_corrupted
+
+ITERATIONS = 600  # about 1.5 minutes on 2 CPU cores; held-out beta0 error fell 80% when calibrated
 
 
 def test_refiner_halves_beta0_errors_on_held_out_fragmented_vessels():
-    torch.set_num_threads(2)
-    train, held_out = corrupted_cases("vessels2d", 20, seed=101), corrupted_cases("vessels2d", 10, seed=202)
-    config = load_preset("vessels_2d", {"iterations": ITERATIONS, "validate_every": ITERATIONS // 4})
-    refiner, _ = train_refiner(train[:16], train[16:], LabelSemantics(GENERATORS["vessels2d"][1]),
-                               Normalisation(["ZScoreNormalization"], {}), 2, config, {},
-                               torch.device("cpu"), log=lambda line: None, show_progress=False)
-    shipped = validate(refiner, held_out, config.iterations)
+    refiner, held_out = train_on_corrupted("vessels2d", "vessels_2d", ITERATIONS, 16, 4, 10)
+    shipped = validate(refiner, held_out, ITERATIONS)
     refiner.min_component_size = refiner.min_hole_size = 0
-    rule_alone = validate(refiner, held_out, config.iterations)
+    rule_alone = validate(refiner, held_out, ITERATIONS)
     before, after, filtered = rule_alone.before["vessel"], rule_alone.after["vessel"], shipped.after["vessel"]
     assert before["beta0_error"] >= 5, "the base masks must be fragmented for the check to mean anything"
     assert after["beta0_error"] <= 0.5 * before["beta0_error"], (before, after)
