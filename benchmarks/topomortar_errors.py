@@ -42,7 +42,8 @@ def imperfect_label_rows(source: str, split: str, factor: int) -> List[str]:
 
 
 def folder_row(predictions: str, labels: str) -> str:
-    """Every segmentation in `predictions` that has a label of the same name, read with nnU-Net's reader."""
+    """Every segmentation in `predictions` that has a label of the same name, read with nnU-Net's reader; any
+    label counts as foreground (the diagnosis is for binary networks such as mortar or vessels)."""
     names = [n for n in sorted(os.listdir(labels)) if os.path.isfile(os.path.join(predictions, n))]
     if not names:
         raise SystemExit(f"error: no file of {labels} has a namesake in {predictions}")
@@ -64,6 +65,12 @@ def main() -> None:
     parser.add_argument("--labels", default=None, help="the label folder for --predictions")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
+    if args.predictions and not (args.labels and os.path.isdir(args.labels)):
+        parser.error(f"--predictions needs --labels, a folder of label files (got {args.labels!r})")
+    if args.source and not os.path.isdir(os.path.join(args.source, "dataset", "val", "accurate")):
+        parser.error(f"--source {args.source}: not the TopoMortar folder (no dataset/val/accurate in it)")
+    if any(f < 1 for f in args.downsample):
+        parser.error(f"--downsample {args.downsample}: factors must be whole numbers >= 1")
     rows: List[str] = []
     if args.source:
         for factor in args.downsample:
