@@ -7,7 +7,10 @@ defaults (test-time mirroring) and at its fastest (--disable_tta); one fold each
 nnU-Net's time, the refinement's time (inside the refining run) and their ratio, steps, voxel-steps per
 second. Part `memory`: peak RSS of refining a volume and ones 4x and 16x as large, each in a fresh process. Part
 `training_memory`: peak RSS of a short training on N and 4N cases, in memory and on disk.
-Part `rule`: the rule alone (steps per second and GPU memory at fixed sizes).
+Part `rule`: each trained rule alone on a large generated case (the cases repeated along every axis), in
+every numeric variant this device offers (float32; on CUDA also bf16/fp16 autocast, channels-last and
+torch.compile): seconds, voxel-steps per second, peak GPU memory and the share of voxels whose label differs
+from float32's.
 
     python benchmarks/speed.py --out speed_output --markdown benchmarks/SPEED.md
 Finished nnU-Net folds and refiners in --out are kept, so a stopped run resumes.
@@ -15,21 +18,23 @@ Finished nnU-Net folds and refiners in --out are kept, so a stopped run resumes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from rnca_nnunet.config import load_preset
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
-from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.synthetic import corrupted_cases
 
 DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 30)}  # id, configuration, rNCA iterations
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def machine() -> str:
@@ -43,28 +48,53 @@ def prepare(kind: str, out: str, cases: int, test_cases: int, log) -> Dict[str, 
     dataset_id, configuration, iterations = DATASETS[kind]
     env = nnunet_environment(out)
     dataset = generate_dataset(kind, dataset_id, cases, test_cases, env, log)
-    train_base_model(dataset_id, configuration, env, log, folds=[0])
+    env["nnUNet_compile"] = "f"  # minutes of compilation would dwarf a 150-iteration training
+    train_base_model(dataset_id, configuration, env, log, folds=[0], device=DEVICE.type)
     model_folder = os.path.join(env["nnUNet_results"], dataset, f"{TRAINER}__nnUNetPlans__{configuration}")
+    timing = os.path.join(out, "rnca_training.json")
     if not os.path.isfile(os.path.join(model_folder, "rnca", "rnca.json")):
-        run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device", "cpu",
-                  "--iterations", str(iterations), "--disable_progress_bar"], env, log)
+        started = time.perf_counter()
+        run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device",
+                  DEVICE.type, "--disable_progress_bar"]
+                 + ([] if DEVICE.type == "cuda" else ["--iterations", str(iterations)]), env, log)
+        with open(os.path.join(model_folder, "rnca", "rnca.json")) as handle:
+            train = json.load(handle)["trained_on"]["train"]
+        with open(timing, "w") as handle:
+            json.dump({"device": machine(), "seconds": time.perf_counter() - started, "iterations": train["iterations"],
+                       "rule": f"{train['hidden_channels']} hidden, width {train['update_width']}, patch "
+                               f"{'x'.join(map(str, train['patch_size']))}"}, handle)
     os.environ["nnUNet_extTrainer"] = env["nnUNet_extTrainer"]
-    return {"model_folder": model_folder, "images": os.path.join(env["nnUNet_raw"], dataset, "imagesTs")}
+    return {"model_folder": model_folder, "images": os.path.join(env["nnUNet_raw"], dataset, "imagesTs"),
+            "training_record": timing}
 
 
-def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, refine: bool) -> Dict[str, float]:
+def training_rows(paths: Dict[str, Dict[str, str]]) -> List[str]:
+    """How long `nnUNetv2_train_rnca` took when `prepare` ran it (the whole command, data loading included)."""
+    rows = []
+    for kind, kind_paths in paths.items():
+        if os.path.isfile(kind_paths["training_record"]):
+            with open(kind_paths["training_record"]) as handle:
+                record = json.load(handle)
+            rows.append(f"| {kind} | {record['rule']} | {record['iterations']} | {record['seconds']:.0f} | "
+                        f"{record['seconds'] / record['iterations']:.3f} | {record['device']} |")
+    return rows
+
+
+def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, refine: bool,
+                     precision: str = "float32") -> Dict[str, float]:
     """One in-process prediction of every case; with `refine`, the time spent inside the refiner too."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from rnca_nnunet.predictor import RNCAPredictor
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = DEVICE
     predictor = (RNCAPredictor if refine else nnUNetPredictor)(device=device, use_mirroring=mirroring,
                                                                allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, (0,))
     record = {"refine_s": 0.0, "steps": 0, "voxel_steps": 0, "cases": 0}
     if refine:
         predictor.log = lambda line: None
+        predictor.refiner.precision = PRECISIONS[precision]
         refine_case = predictor.refiner.refine
 
         def timed(image, probabilities, steps=None):
@@ -85,18 +115,25 @@ def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, 
     return record
 
 
-def pipeline_rows(kind: str, paths: Dict[str, str], out: str) -> List[str]:
+def pipeline_rows(kind: str, paths: Dict[str, str], out: str, precisions: List[str]) -> List[str]:
     rows = []
     for setting, mirroring in (("defaults (mirroring)", True), ("fastest (--disable_tta)", False)):
-        plain = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "plain"), mirroring, False)
-        refined = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "refined"), mirroring, True)
-        n = refined["cases"]
-        rows.append(f"| {kind} | {setting} | {n} | {plain['total_s'] / n:.2f} | {refined['refine_s'] / n:.3f} | "
-                    f"{100 * refined['refine_s'] / plain['total_s']:.1f}% | "
-                    f"{(refined['total_s'] - plain['total_s']) / n:+.2f} | {refined['steps'] / n:.0f} | "
-                    f"{refined['voxel_steps'] / refined['refine_s']:.3g} |")
-        print(rows[-1], flush=True)
+        for precision in precisions:
+            plain = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "plain"), mirroring,
+                                     False)
+            refined = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "refined"),
+                                       mirroring, True, precision)
+            rows.append(pipeline_row(kind, setting, precision, plain, refined))
+            print(rows[-1], flush=True)
     return rows
+
+
+def pipeline_row(kind: str, setting: str, precision: str, plain: Dict[str, float], refined: Dict[str, float]) -> str:
+    n = refined["cases"]
+    return (f"| {kind} | {setting} | {precision} | {n} | {plain['total_s'] / n:.2f} | {refined['refine_s'] / n:.3f} | "
+            f"{100 * refined['refine_s'] / plain['total_s']:.1f}% | "
+            f"{(refined['total_s'] - plain['total_s']) / n:+.2f} | {refined['steps'] / n:.0f} | "
+            f"{refined['voxel_steps'] / refined['refine_s']:.3g} |")
 
 
 MEMORY_PROBE = """
@@ -165,30 +202,63 @@ def training_memory_rows() -> List[str]:
     return rows
 
 
-RULE_CASES = [("2D 512x512, vessels_2d", "vessels_2d", (1, 512, 512)), ("3D 64^3, default_3d", "default_3d", (1, 64, 64, 64))]
+REPEATS = {"cuda": {"vessels2d": (1, 32, 32), "cardiac3d": (10, 8, 8)},  # 4096^2 and 120x384x384 cells
+           "cpu": {"vessels2d": (1, 4, 4), "cardiac3d": (2, 2, 2)}}
 
 
-def rule_rows() -> List[str]:
-    """The rule alone at fixed sizes with the presets' shapes and steps: seconds and peak GPU memory."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def large_case(kind: str, repeat: Sequence[int]) -> np.ndarray:
+    """The rule's input (normalised image + base mask) of a generated case repeated `repeat` times per axis."""
+    case = corrupted_cases(kind, 1, seed=0)[0]
+    return np.tile(np.concatenate([case.image, case.mask]), (1, *repeat))
+
+
+def rule_variants() -> List[Tuple[str, Optional[torch.dtype], bool, bool]]:
+    """(name, autocast dtype, channels-last, torch.compile) worth trying on this device."""
+    if DEVICE.type == "cpu":
+        return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False)]
+    return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False),
+            ("float16 autocast", torch.float16, False, False), ("float32, channels-last", None, True, False),
+            ("bfloat16, channels-last", torch.bfloat16, True, False), ("bfloat16, torch.compile", torch.bfloat16, False, True)]
+
+
+def rule_rows(paths: Dict[str, Dict[str, str]]) -> List[str]:
+    """Each trained rule on a large case in every variant: time (after one warm-up run), voxel-steps/s, peak GPU
+    memory, and the voxels whose label differs from float32's (share of all voxels and of float32's foreground)."""
+    from rnca_nnunet.refiner import RNCARefiner
+
     rows = []
-    for name, preset, shape in RULE_CASES:
-        config = load_preset(preset)
-        steps, ndim = config.inference_steps, len(shape) - 1
-        model = RNCA(RuleShape(ndim, 2, 1, config.hidden_channels, config.update_width)).to(device).eval()
-        torch.nn.init.normal_(model.update_out.weight, std=0.05)
-        context = torch.rand(shape[0], 2, *shape[1:], device=device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
-            start = time.perf_counter()
-            model(model.initial_state(context[:, 1:]), context, steps)
-            if device.type == "cuda":
+    for kind, kind_paths in paths.items():
+        refiner = RNCARefiner.from_folder(os.path.join(kind_paths["model_folder"], "rnca"), DEVICE)
+        context = large_case(kind, REPEATS[DEVICE.type][kind])
+        reference = None
+        for name, precision, channels_last, compiled in rule_variants():
+            refiner.precision, refiner.channels_last = precision, channels_last
+            if compiled:
+                refiner.model.step = torch.compile(refiner.model.step, dynamic=False)
+            run = lambda: refiner.refine_context(context, refiner.steps, stop_when_stable=False)[0]
+            try:
+                run()
+            except Exception as error:  # torch.compile needs a working compiler toolchain: report, go on
+                vars(refiner.model).pop("step", None)
+                rows.append(f"| {kind} | - | {name} | failed: {str(error).strip().splitlines()[0][:80]} |")
+                print(rows[-1], flush=True)
+                continue
+            if DEVICE.type == "cuda":
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        peak = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f}" if device.type == "cuda" else "-"
-        rows.append(f"| {name} | {steps} | {seconds:.3f} | {np.prod(shape) * steps / seconds:.3g} | {peak} |")
-        print(rows[-1], flush=True)
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            refined = run()
+            seconds = time.perf_counter() - start  # refine_context returns on the host: nothing left queued
+            labels = refiner.segment(refined)
+            vars(refiner.model).pop("step", None)
+            reference = labels if reference is None else reference
+            differ = int((labels != reference).sum())
+            peak = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f}" if DEVICE.type == "cuda" else "-"
+            cells = int(np.prod(context.shape[1:]))
+            rows.append(f"| {kind} | {'x'.join(map(str, context.shape[1:]))} | {name} | {refiner.steps} | "
+                        f"{seconds:.3f} | {cells * refiner.steps / seconds:.3g} | {peak} | "
+                        f"{100 * differ / labels.size:.4f}% | {100 * differ / max(1, int((reference > 0).sum())):.3f}% |")
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -199,6 +269,8 @@ def main() -> None:
                         choices=["pipeline", "memory", "training_memory", "rule"])
     parser.add_argument("--cases", type=int, default=10, help="training cases per dataset")
     parser.add_argument("--test_cases", type=int, default=5, help="predicted cases per dataset")
+    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=sorted(PRECISIONS),
+                        help="refiner precisions of part pipeline (autocast dtype)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     started, sections = time.time(), []
@@ -206,21 +278,27 @@ def main() -> None:
     print(f"machine: {machine()}")
     with open(os.path.join(args.out, "speed.log"), "a") as log:
         paths = {kind: prepare(kind, os.path.abspath(os.path.join(args.out, kind)), args.cases, args.test_cases, log)
-                 for kind in DATASETS if {"pipeline", "memory"} & set(args.parts)}
+                 for kind in DATASETS if {"pipeline", "memory", "rule"} & set(args.parts)}
     if "pipeline" in args.parts:
-        rows = [r for kind in DATASETS for r in pipeline_rows(kind, paths[kind], os.path.join(args.out, kind))]
-        sections.append("| dataset | nnU-Net setting | cases | nnU-Net s/case | refinement s/case | refinement / "
-                        "nnU-Net | whole run, s/case added | steps/case | voxel-steps/s |\n|---|---|---|---|---|---|"
-                        "---|---|---|\n" + "\n".join(rows))
+        rows = [r for kind in DATASETS
+                for r in pipeline_rows(kind, paths[kind], os.path.join(args.out, kind), args.precisions)]
+        sections.append("| dataset | nnU-Net setting | refiner precision | cases | nnU-Net s/case | refinement "
+                        "s/case | refinement / nnU-Net | whole run, s/case added | steps/case | voxel-steps/s |\n"
+                        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     if "memory" in args.parts:
         rows = memory_rows(os.path.join(paths["cardiac3d"]["model_folder"], "rnca"))
         sections.append("| refinement | cells | peak RSS added, GiB |\n|---|---|---|\n" + "\n".join(rows))
     if "training_memory" in args.parts:
         sections.append("| training (cardiac3d 12x192x192, 2D rule, 10 iterations, 16 inference steps) | cases | peak RSS GiB |\n"
                         "|---|---|---|\n" + "\n".join(training_memory_rows()))
+    if {"pipeline", "rule"} & set(args.parts):
+        sections.append("| rNCA training | rule | iterations | seconds (whole command) | s/iteration | device |\n"
+                        "|---|---|---|---|---|---|\n"
+                        + "\n".join(training_rows(paths)))
     if "rule" in args.parts:
-        sections.append("| rule alone | steps | seconds | voxel-steps/s | peak GPU GiB |\n|---|---|---|---|---|\n"
-                        + "\n".join(rule_rows()))
+        sections.append("| trained rule | cells | variant | steps | seconds | voxel-steps/s | peak GPU GiB | labels "
+                        "differing from float32 (all voxels) | (of float32's foreground) |\n"
+                        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rule_rows(paths)))
     text = (f"# Speed benchmark\n\nGenerated by `python benchmarks/speed.py` in {(time.time() - started) / 60:.0f} "
             f"minutes on {machine()}; nnU-Net `{TRAINER}` fold 0, one fold per prediction, "
             f"{args.test_cases} cases per dataset.\n\n" + "\n\n".join(sections) + "\n")

@@ -43,8 +43,9 @@ def generate_dataset(kind: str, dataset_id: int, cases: int, test_cases: int, en
 
 
 def train_base_model(dataset_id: int, configuration: str, env: Dict[str, str], log_file,
-                     folds: Sequence[int] = range(5)) -> None:
-    """Plan and preprocess, then train nnU-Net briefly on CPU with --npz, so every case gets a CV prediction.
+                     folds: Sequence[int] = range(5), device: str = "cpu") -> None:
+    """Plan and preprocess, then train nnU-Net briefly (on the CPU by default) with --npz, so every case gets a
+    CV prediction.
 
     Folds that already finished are kept, so a stopped benchmark can be run again."""
     run_step(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env, log_file)
@@ -52,7 +53,7 @@ def train_base_model(dataset_id: int, configuration: str, env: Dict[str, str], l
     for fold in folds:
         if glob.glob(os.path.join(pattern, f"fold_{fold}", "validation", "summary.json")):
             continue
-        run_step(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", TRAINER, "-device", "cpu",
+        run_step(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", TRAINER, "-device", device,
                   "--npz"], env, log_file)
 
 

@@ -54,6 +54,8 @@ class RNCARefiner:
         self.min_hole_size = min_hole_size
         self.transpose_forward = list(transpose_forward)
         self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
+        self.precision: Optional[torch.dtype] = None  # autocast dtype of the rule's convolutions; None: float32
+        self.channels_last = False  # channels-last memory format for the rule's tensors
 
     @classmethod
     def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
@@ -229,6 +231,9 @@ class RNCARefiner:
         """The rule's rollout on one batch; stops when the binary mask is unchanged over `check_every` steps."""
         k = self.semantics.mask_channels
         context_input = torch.from_numpy(batch).to(self.device)
+        if self.channels_last:
+            context_input = context_input.contiguous(
+                memory_format=torch.channels_last if batch.ndim == 4 else torch.channels_last_3d)
         previous: List[Optional[torch.Tensor]] = [None]
 
         def watch(step: int, state: torch.Tensor) -> bool:
@@ -241,8 +246,10 @@ class RNCARefiner:
             previous[0] = binary
             return stable
 
-        state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:]), context_input, steps,
-                                         on_step=watch)
+        with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
+                            enabled=self.precision is not None):
+            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:]), context_input, steps,
+                                             on_step=watch)
         return RNCA.read_mask(state, k).cpu().numpy(), used
 
 
