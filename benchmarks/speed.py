@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
+from rnca_nnunet.refiner import PRECISIONS
 from rnca_nnunet.synthetic import corrupted_cases
 
 DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 30)}  # id, configuration, rNCA iterations
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 
 
 def machine() -> str:
@@ -81,7 +82,7 @@ def training_rows(paths: Dict[str, Dict[str, str]]) -> List[str]:
 
 
 def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, refine: bool,
-                     precision: str = "float32") -> Dict[str, float]:
+                     precision: str = "default") -> Dict[str, float]:
     """One in-process prediction of every case; with `refine`, the time spent inside the refiner too."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -94,7 +95,9 @@ def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, 
     record = {"refine_s": 0.0, "steps": 0, "voxel_steps": 0, "cases": 0}
     if refine:
         predictor.log = lambda line: None
-        predictor.refiner.precision = PRECISIONS[precision]
+        if precision != "default":
+            predictor.refiner.precision = PRECISIONS[precision]
+        record["precision"] = NAMES[predictor.refiner.precision]
         refine_case = predictor.refiner.refine
 
         def timed(image, probabilities, steps=None):
@@ -123,7 +126,7 @@ def pipeline_rows(kind: str, paths: Dict[str, str], out: str, precisions: List[s
                                      False)
             refined = timed_prediction(paths["model_folder"], paths["images"], os.path.join(out, "refined"),
                                        mirroring, True, precision)
-            rows.append(pipeline_row(kind, setting, precision, plain, refined))
+            rows.append(pipeline_row(kind, setting, refined.pop("precision"), plain, refined))
             print(rows[-1], flush=True)
     return rows
 
@@ -269,8 +272,8 @@ def main() -> None:
                         choices=["pipeline", "memory", "training_memory", "rule"])
     parser.add_argument("--cases", type=int, default=10, help="training cases per dataset")
     parser.add_argument("--test_cases", type=int, default=5, help="predicted cases per dataset")
-    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=sorted(PRECISIONS),
-                        help="refiner precisions of part pipeline (autocast dtype)")
+    parser.add_argument("--precisions", nargs="+", default=["default"], choices=["default", *PRECISIONS],
+                        help="refiner precisions of part pipeline (autocast dtype; default: the refiner's own)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     started, sections = time.time(), []

@@ -112,7 +112,7 @@ NNUNET_PREDICT_OPTIONS = frozenset({
     "i", "o", "d", "p", "tr", "c", "f", "step_size", "disable_tta", "verbose", "save_probabilities",
     "continue_prediction", "chk", "npp", "nps", "prev_stage_predictions", "num_parts", "part_id", "device",
     "disable_progress_bar", "not_on_device"})
-REFINER_OPTIONS = ("refiner", "refiner_steps", "png", "gif")
+REFINER_OPTIONS = ("refiner", "refiner_steps", "refiner_precision", "png", "gif")
 
 
 class _ParserHandedOver(Exception):
@@ -141,6 +141,8 @@ def nnunet_predict_parser() -> argparse.ArgumentParser:
 
 
 def predict_parser() -> argparse.ArgumentParser:
+    from rnca_nnunet.refiner import PRECISIONS
+
     parser = nnunet_predict_parser()
     parser.prog = "nnUNetv2_predict_rnca"
     parser.description = "nnUNetv2_predict with every one of its arguments, plus a refiner as the last stage."
@@ -149,6 +151,9 @@ def predict_parser() -> argparse.ArgumentParser:
                        help="refiner to run last: rnca (the rnca/ folder inside the model folder) or none (default: "
                             "none, exactly nnUNetv2_predict)")
     group.add_argument("--refiner_steps", type=int, default=None, help="override the refiner's step count")
+    group.add_argument("--refiner_precision", default=None, choices=sorted(PRECISIONS),
+                       help="the rule's arithmetic (default: float16 on CUDA, bfloat16 on the CPU; labels within 0.1%% "
+                            "of float32's, see benchmarks/SPEED_CUDA.md)")
     group.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
     group.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
     return parser
@@ -165,8 +170,8 @@ def predict_entry_point(argv: Optional[List[str]] = None) -> None:
     if unhandled:
         raise InputError(f"nnUNetv2_predict option(s) {unhandled} are not supported by this rnca-nnunet version; "
                          f"use nnUNetv2_predict, or update rnca-nnunet")
-    if args.refiner == "none" and (args.refiner_steps is not None or args.png or args.gif):
-        raise InputError("--refiner_steps, --png and --gif need a refiner; add --refiner rnca")
+    if args.refiner == "none" and (args.refiner_steps is not None or args.refiner_precision or args.png or args.gif):
+        raise InputError("--refiner_steps, --refiner_precision, --png and --gif need a refiner; add --refiner rnca")
     run_prediction(args)
 
 
@@ -176,6 +181,7 @@ def run_prediction(args: argparse.Namespace) -> None:
 
     from rnca_nnunet.predict import PictureFolders
     from rnca_nnunet.predictor import RNCAPredictor
+    from rnca_nnunet.refiner import PRECISIONS
 
     model_folder = _model_folder(args.d, args.tr, args.p, args.c)
     folds = check_prediction_arguments(args, model_folder)
@@ -195,6 +201,8 @@ def run_prediction(args: argparse.Namespace) -> None:
                                                    refiner=None if args.refiner == "none" else args.refiner)
     if args.refiner != "none" and predictor.refiner is None:
         raise InputError(f"refiner '{args.refiner}' refines nothing; drop --refiner to predict without one")
+    if args.refiner_precision:
+        predictor.refiner.precision = PRECISIONS[args.refiner_precision]
     os.makedirs(args.o, exist_ok=True)
     with diagnosed_input_errors(args.i, predictor):
         if args.npp == 0 and args.nps == 0:

@@ -38,6 +38,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # name -> autocast dtype
+
+
+def default_precision(device: torch.device) -> Optional[torch.dtype]:
+    """The rule's autocast dtype where benchmarks/speed.py measured it faster with labels within 0.1% of
+    float32's: float16 on CUDA (as fast as bfloat16, closer to float32), bfloat16 on the CPU (2-3x faster)."""
+    return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type)
+
+
 class RNCARefiner:
     """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`."""
 
@@ -54,7 +63,7 @@ class RNCARefiner:
         self.min_hole_size = min_hole_size
         self.transpose_forward = list(transpose_forward)
         self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
-        self.precision: Optional[torch.dtype] = None  # autocast dtype of the rule's convolutions; None: float32
+        self.precision = default_precision(self.device)  # autocast dtype of the rule's convolutions; None: float32
         self.channels_last = False  # channels-last memory format for the rule's tensors
 
     @classmethod
@@ -246,8 +255,13 @@ class RNCARefiner:
             previous[0] = binary
             return stable
 
+        # nnU-Net's predictor turns cudnn benchmarking on for its fixed patch size; every region refined here has
+        # its own shape, so benchmarking would run again for every case
+        cudnn = torch.backends.cudnn
         with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
-                            enabled=self.precision is not None):
+                            enabled=self.precision is not None), \
+                cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
+                            allow_tf32=cudnn.allow_tf32):
             state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:]), context_input, steps,
                                              on_step=watch)
         return RNCA.read_mask(state, k).cpu().numpy(), used

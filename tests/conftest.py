@@ -99,3 +99,20 @@ def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, chec
                                Normalisation(["ZScoreNormalization"], {}), ndim, config, {}, torch.device("cpu"),
                                log=lambda line: None, show_progress=False)
     return refiner, corrupted_cases(kind, held_out, seed=202)
+
+
+def share_of_labels_changed_by_precision(refiner, cases) -> float:
+    """Share of voxels whose refined label differs between the refiner's own precision and float32."""
+    import numpy as np
+
+    def labels(precision):
+        refiner.precision = precision
+        return [refiner.segment(refiner.refine_context(np.concatenate([c.image, c.mask]), refiner.steps, False)[0])
+                for c in cases]
+
+    own = refiner.precision
+    try:
+        reduced, full = labels(own), labels(None)
+    finally:
+        refiner.precision = own
+    return sum(int((a != b).sum()) for a, b in zip(reduced, full)) / sum(a.size for a in full)

@@ -5,20 +5,35 @@ so the check takes minutes on a CPU. An identity refiner fails it: the rule alon
 half of the beta0 (component) errors without costing more than one Dice point, and the read-out's
 clean-up (sizes chosen on the training's held-out cases) must not undo that.
 """
+import pytest
+
 from rnca_nnunet.validation import validate
 
-from conftest import train_on_corrupted
+from conftest import share_of_labels_changed_by_precision, train_on_corrupted
 
 ITERATIONS = 600  # about 1.5 minutes on 2 CPU cores; held-out beta0 error fell 80% when calibrated
 
 
-def test_refiner_halves_beta0_errors_on_held_out_fragmented_vessels():
-    refiner, held_out = train_on_corrupted("vessels2d", "vessels_2d", ITERATIONS, 16, 4, 10)
+@pytest.fixture(scope="module")
+def trained():
+    return train_on_corrupted("vessels2d", "vessels_2d", ITERATIONS, 16, 4, 10)
+
+
+def test_refiner_halves_beta0_errors_on_held_out_fragmented_vessels(trained):
+    refiner, held_out = trained
     shipped = validate(refiner, held_out, ITERATIONS)
+    sizes = refiner.min_component_size, refiner.min_hole_size
     refiner.min_component_size = refiner.min_hole_size = 0
     rule_alone = validate(refiner, held_out, ITERATIONS)
+    refiner.min_component_size, refiner.min_hole_size = sizes
     before, after, filtered = rule_alone.before["vessel"], rule_alone.after["vessel"], shipped.after["vessel"]
     assert before["beta0_error"] >= 5, "the base masks must be fragmented for the check to mean anything"
     assert after["beta0_error"] <= 0.5 * before["beta0_error"], (before, after)
     assert after["dice"] >= before["dice"] - 0.01, (before, after)
     assert filtered["beta0_error"] <= after["beta0_error"] and filtered["dice"] >= after["dice"] - 0.005, (after, filtered)
+
+
+def test_reduced_precision_labels_match_float32(trained):
+    refiner, held_out = trained
+    assert refiner.precision is not None, "the CPU default is bfloat16 autocast"
+    assert share_of_labels_changed_by_precision(refiner, held_out) <= 0.001

@@ -5,24 +5,38 @@ changes), so a real 3D rule trains on a CPU in a few minutes. The rule alone (no
 halve the myocardium's loop errors without costing a Dice point, which an identity refiner cannot; the
 shipped refiner must halve the broken walls and repair more of them than its clean-up alone does.
 """
+import pytest
 import torch
 
 from rnca_nnunet.validation import validate
 
-from conftest import train_on_corrupted
+from conftest import share_of_labels_changed_by_precision, train_on_corrupted
 
 ITERATIONS = 300  # about 2 minutes on 2 CPU cores
 
 
-def test_3d_rule_repairs_broken_myocardium_walls_of_held_out_volumes():
-    refiner, held_out = train_on_corrupted("cardiac3d", "default_3d", ITERATIONS, 12, 4, 10)
+@pytest.fixture(scope="module")
+def trained():
+    return train_on_corrupted("cardiac3d", "default_3d", ITERATIONS, 12, 4, 10)
+
+
+def test_reduced_precision_labels_match_float32(trained):
+    refiner, held_out = trained
+    assert refiner.precision is not None, "the CPU default is bfloat16 autocast"
+    assert share_of_labels_changed_by_precision(refiner, held_out) <= 0.001
+
+
+def test_3d_rule_repairs_broken_myocardium_walls_of_held_out_volumes(trained):
+    refiner, held_out = trained
     shipped = validate(refiner, held_out, ITERATIONS)
     sizes = refiner.min_component_size, refiner.min_hole_size
     refiner.min_component_size = refiner.min_hole_size = 0
     rule_alone = validate(refiner, held_out, ITERATIONS)
     refiner.min_component_size, refiner.min_hole_size = sizes
+    weights = refiner.model.update_out.weight.detach().clone()
     torch.nn.init.zeros_(refiner.model.update_out.weight)  # the rule now keeps every mask: the clean-up alone
     clean_up_alone = validate(refiner, held_out, ITERATIONS)
+    refiner.model.update_out.weight.data.copy_(weights)
     before, alone, after = rule_alone.before["MYO"], rule_alone.after["MYO"], shipped.after["MYO"]
     assert before["broken"] >= 0.5 and before["beta1_error"] >= 0.5, "the base walls must be broken"
     assert alone["beta1_error"] <= 0.5 * before["beta1_error"], (before, alone)
