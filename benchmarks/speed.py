@@ -140,7 +140,7 @@ def pipeline_row(kind: str, setting: str, precision: str, plain: Dict[str, float
 
 
 MEMORY_PROBE = """
-import resource, sys, numpy as np, torch
+import sys, numpy as np, torch
 from rnca_nnunet.refiner import RNCARefiner
 torch.set_num_threads(int(sys.argv[3]))
 refiner = RNCARefiner.from_folder(sys.argv[1], torch.device("cpu"))
@@ -149,9 +149,12 @@ rng = np.random.default_rng(0)
 shape = (64, 96 * factor, 96)
 image = rng.normal(size=(1, *shape)).astype(np.float32)
 probabilities = rng.dirichlet(np.ones(refiner.semantics.mask_channels + 1), size=shape).transpose(3, 0, 1, 2)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-refiner.refine(image, probabilities.astype(np.float32))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, int(np.prod(shape)))
+probabilities = probabilities.astype(np.float32)
+status = lambda key: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from now: import peaks do not count
+before = status("VmRSS:")
+refiner.refine(image, probabilities)
+print(status("VmHWM:") - before, int(np.prod(shape)))
 """
 
 

@@ -1,13 +1,16 @@
 """Synthetic topological corruptions of labels: extra (imperfect mask, label) pairs for training.
 
-They imitate what nnU-Net gets wrong: breaks in thin structures, loose specks, holes, and a slightly
-too thick or thin mask, then soften the result so it looks like a probability map.
+They imitate what nnU-Net gets wrong: breaks in thin structures, loose specks, holes, bridges across the
+label's own holes (a brick split in two), and a slightly too thick or thin mask, then soften the result so
+it looks like a probability map.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
+
+from rnca_nnunet.metrics import enclosed_background
 
 
 def _balls(shape, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -30,6 +33,29 @@ def _random_points(rng: np.random.Generator, candidates: np.ndarray, count: int)
     return coords[rng.choice(len(coords), size=min(count, len(coords)), replace=False)]
 
 
+def _bridges(mask: np.ndarray, rng: np.random.Generator, per_hole: float) -> np.ndarray:
+    """Thin foreground segments across holes of `mask`, each from a point of a hole's skeleton to the nearest wall
+    and as far again, so it reaches the opposite wall: the hole is split in two. About `per_hole` per hole.
+    A (1, Y, X) mask is a 2D image (its holes are 2D holes, which a volume one slice deep has none of)."""
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        return _bridges(mask[0], rng, per_hole)[None]
+    holes, count = enclosed_background(mask, 4 if mask.ndim == 2 else 6)
+    out = np.zeros(mask.shape, bool)
+    if count == 0:
+        return out
+    holes = holes > 0
+    distance, nearest = ndimage.distance_transform_edt(holes, return_indices=True)
+    for point in _random_points(rng, skeletonize(holes), int(rng.poisson(per_hole * count))):
+        wall = nearest[(slice(None), *point)]
+        reach = point - wall
+        length = float(np.linalg.norm(reach))
+        along = np.linspace(-1.0 / max(length, 1.0), 2.0 + 1.0 / max(length, 1.0), int(3 * length) + 4)
+        centres = np.rint(wall[None] + along[:, None] * reach[None]).astype(int)
+        centres = centres[((centres >= 0) & (centres < mask.shape)).all(1)]
+        out |= _balls(mask.shape, centres, np.full(len(centres), rng.uniform(0.8, 1.5)))
+    return out
+
+
 def corrupt_binary(mask: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Breaks, specks, holes and a thickness change on one binary mask; returns a soft mask in [0, 1]."""
     mask = mask.astype(bool)
@@ -42,6 +68,7 @@ def corrupt_binary(mask: np.ndarray, rng: np.random.Generator, strength: float =
         out &= ~_balls(out.shape, cuts, rng.uniform(1.5, 3.5, len(cuts)))
         holes = _random_points(rng, ndimage.binary_erosion(out, iterations=3), n(1))
         out &= ~_balls(out.shape, holes, rng.uniform(1.0, 2.0, len(holes)))
+        out |= _bridges(mask, rng, 0.15 * strength)
     near = ndimage.binary_dilation(mask, iterations=8) & ~ndimage.binary_dilation(mask, iterations=2)
     specks = np.concatenate([_random_points(rng, near, n(3)), _random_points(rng, ~mask, n(2))])
     out |= _balls(out.shape, specks, rng.uniform(0.8, 2.5, len(specks)))

@@ -1,6 +1,7 @@
 """Training patches: random crops biased to the cells that decide the topology, with augmentation.
 
-Half the crops are centred on topology focus (specks, holes, broken centreline of the base prediction),
+Half the crops are centred on topology focus (specks, holes, broken centreline and bridges of the base
+prediction),
 most others on wrong cells; some base masks are replaced by synthetic corruptions of the label, and
 probabilities get a random temperature (single-fold CV maps are sharper than 5-fold averages).
 """
@@ -15,7 +16,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Rot90
 from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.corrupt import corrupt_mask
 from rnca_nnunet.data import TrainingCase
-from rnca_nnunet.loss_weights import centreline, topology_focus
+from rnca_nnunet.loss_weights import topology_focus, topology_lines
 
 
 def _per_slice(ndim: int, function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
@@ -26,8 +27,8 @@ def _per_slice(ndim: int, function: Callable[..., np.ndarray], *arrays: np.ndarr
 
 
 def sampling_maps(case: TrainingCase, ndim: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(topology focus (1, *spatial), label centreline (K, *spatial)) of a case, as float32 arrays."""
-    line = _per_slice(ndim, centreline, np.asarray(case.target))
+    """(topology focus (1, *spatial), `topology_lines` of the label (K, *spatial)) of a case, as float32 arrays."""
+    line = _per_slice(ndim, topology_lines, np.asarray(case.target))
     focus = _per_slice(ndim, topology_focus, np.asarray(case.mask), np.asarray(case.target), line).any(0, keepdims=True)
     return focus.astype(np.float32), line.astype(np.float32)
 

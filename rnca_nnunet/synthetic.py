@@ -2,13 +2,15 @@
 
 Vessel trees have thin, faint branches (a briefly trained nnU-Net breaks them) and
 vessel-like distractor blobs (it adds specks); cardiac rings have a myocardium segment
-with weak contrast (it opens the ring). Everything is seeded, so tests are repeatable.
+with weak contrast (it opens the ring); brick walls (mesh2d) have dozens of loops, faint mortar
+joints and cracked bricks (it merges and splits loops). Everything is seeded, so tests are repeatable.
 """
 from __future__ import annotations
 
 import os
 from typing import Callable, Dict, List, Tuple
 
+import cc3d
 import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
@@ -114,8 +116,44 @@ def cardiac_case(rng: np.random.Generator, size: int = 96, slices: int = 0) -> C
     return (image * rng.uniform(300, 700)).astype(np.float32), label
 
 
+def mesh_case_2d(rng: np.random.Generator, size: int = 128) -> Case:
+    """A brick wall: thin mortar lines (the label) enclosing many bricks (its holes, dozens of loops), as in
+    TopoMortar. Some mortar joints are faint (a model breaks the loop there and merges two bricks) and some
+    bricks carry a dark crack (a model bridges the brick and splits it)."""
+    label = np.zeros((size, size), np.uint8)
+    faint = np.zeros((size, size), np.float32)
+    height, width = int(rng.integers(11, 16)), int(rng.integers(20, 30))
+    mortar = int(rng.integers(2, 4))
+    top = -int(rng.integers(0, height))
+    for row, y in enumerate(range(top, size, height)):
+        label[max(y, 0):max(y + mortar, 0)] = 1
+        shift = (width // 2) * (row % 2) + int(rng.integers(-3, 4)) - width
+        for x in range(shift, size, width):
+            joint = (slice(max(y, 0), max(y + height, 0)), slice(max(x, 0), max(x + mortar, 0)))
+            label[joint] = 1
+            if rng.random() < 0.12:
+                faint[joint] = 1
+        if rng.random() < 0.15:
+            faint[max(y, 0):max(y + mortar, 0), int(rng.integers(0, size)):][:, :width] = 1
+    cracks = np.zeros((size, size), np.float32)
+    bricks = cc3d.connected_components((label == 0).astype(np.uint8), connectivity=4)
+    for brick in rng.choice(np.arange(1, bricks.max() + 1), size=int(bricks.max() // 8), replace=False):
+        cells = np.argwhere(bricks == brick)
+        (y0, x0), (y1, x1) = cells.min(0), cells.max(0)
+        x = int(rng.integers(x0 + 3, max(x1 - 2, x0 + 4)))
+        rows = np.arange(y0, y1 + 1)
+        columns = np.clip(x + np.cumsum(rng.integers(-1, 2, len(rows))), x0, x1)
+        cracks[rows, columns] = rng.uniform(0.5, 0.8)
+    strength = label * np.where(faint > 0, rng.uniform(0.15, 0.3), 1.0)
+    texture = 0.2 * _smooth_noise(rng, label.shape, 3) + 0.15 * _smooth_noise(rng, label.shape, 12)
+    darkening = ndimage.gaussian_filter(strength + cracks, 0.6)
+    image = 1.0 + texture - 0.9 * darkening + rng.normal(0, 0.12, label.shape)
+    return image.astype(np.float32), label
+
+
 GENERATORS: Dict[str, Tuple[Callable[[np.random.Generator], Case], dict, Tuple[float, ...]]] = {
     "vessels2d": (vessel_case_2d, {"background": 0, "vessel": 1}, (0.05, 0.05)),
+    "mesh2d": (mesh_case_2d, {"background": 0, "mortar": 1}, (0.1, 0.1)),
     "cardiac2d": (cardiac_case, {"background": 0, "LV": 1, "MYO": 2, "RV": 3}, (1.0, 1.0)),
     "cardiac3d": (lambda rng: cardiac_case(rng, size=48, slices=12),
                   {"background": 0, "LV": 1, "MYO": 2, "RV": 3}, (5.0, 1.25, 1.25)),
