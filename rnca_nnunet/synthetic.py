@@ -204,7 +204,8 @@ def write_dataset(kind: str, raw_folder: str, dataset_id: int, cases: int, test_
             case = f"{kind}_{split.lower()}_{index:03d}"
             _write(image, spacing, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
             _write(label, spacing, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
-    generate_dataset_json(folder, {0: "MRI" if kind.startswith("cardiac") else "fundus"}, labels, cases,
+    channel = {"vessels2d": "fundus", "mesh2d": "photo"}.get(kind, "MRI")
+    generate_dataset_json(folder, {0: channel}, labels, cases,
                           ".nii.gz", dataset_name=name)
     return folder
 
