@@ -297,7 +297,7 @@ def main() -> None:
     if "training_memory" in args.parts:
         sections.append("| training (cardiac3d 12x192x192, 2D rule, 10 iterations, 16 inference steps) | cases | peak RSS GiB |\n"
                         "|---|---|---|\n" + "\n".join(training_memory_rows()))
-    if {"pipeline", "rule"} & set(args.parts):
+    if training_rows(paths):
         sections.append("| rNCA training | rule | iterations | seconds (whole command) | s/iteration | device |\n"
                         "|---|---|---|---|---|---|\n"
                         + "\n".join(training_rows(paths)))
