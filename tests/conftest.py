@@ -116,3 +116,23 @@ def share_of_labels_changed_by_precision(refiner, cases) -> float:
     finally:
         refiner.precision = own
     return sum(int((a != b).sum()) for a, b in zip(reduced, full)) / sum(a.size for a in full)
+
+
+def validate_shipped_rule_alone_and_clean_up_alone(refiner, cases, iteration: int):
+    """Held-out metrics of the shipped refiner, of its rule without the read-out clean-up, and of the clean-up
+    without the rule (a zero update keeps every mask), so a test can require the rule to earn its result.
+    The refiner is left as it was given."""
+    import torch
+
+    from rnca_nnunet.validation import validate
+
+    shipped = validate(refiner, cases, iteration)
+    sizes = refiner.min_component_size, refiner.min_hole_size
+    refiner.min_component_size = refiner.min_hole_size = 0
+    rule_alone = validate(refiner, cases, iteration)
+    refiner.min_component_size, refiner.min_hole_size = sizes
+    weights = refiner.model.update_out.weight.detach().clone()
+    torch.nn.init.zeros_(refiner.model.update_out.weight)
+    clean_up_alone = validate(refiner, cases, iteration)
+    refiner.model.update_out.weight.data.copy_(weights)
+    return shipped, rule_alone, clean_up_alone

@@ -7,9 +7,8 @@ clean-up (sizes chosen on the training's held-out cases) must not undo that.
 """
 import pytest
 
-from rnca_nnunet.validation import validate
-
-from conftest import share_of_labels_changed_by_precision, train_on_corrupted
+from conftest import (share_of_labels_changed_by_precision, train_on_corrupted,
+                      validate_shipped_rule_alone_and_clean_up_alone)
 
 ITERATIONS = 600  # about 1.5 minutes on 2 CPU cores; held-out beta0 error fell 80% when calibrated
 
@@ -21,11 +20,7 @@ def trained():
 
 def test_refiner_halves_beta0_errors_on_held_out_fragmented_vessels(trained):
     refiner, held_out = trained
-    shipped = validate(refiner, held_out, ITERATIONS)
-    sizes = refiner.min_component_size, refiner.min_hole_size
-    refiner.min_component_size = refiner.min_hole_size = 0
-    rule_alone = validate(refiner, held_out, ITERATIONS)
-    refiner.min_component_size, refiner.min_hole_size = sizes
+    shipped, rule_alone, _ = validate_shipped_rule_alone_and_clean_up_alone(refiner, held_out, ITERATIONS)
     before, after, filtered = rule_alone.before["vessel"], rule_alone.after["vessel"], shipped.after["vessel"]
     assert before["beta0_error"] >= 5, "the base masks must be fragmented for the check to mean anything"
     assert after["beta0_error"] <= 0.5 * before["beta0_error"], (before, after)

@@ -6,11 +6,9 @@ halve the myocardium's loop errors without costing a Dice point, which an identi
 shipped refiner must halve the broken walls and repair more of them than its clean-up alone does.
 """
 import pytest
-import torch
 
-from rnca_nnunet.validation import validate
-
-from conftest import share_of_labels_changed_by_precision, train_on_corrupted
+from conftest import (share_of_labels_changed_by_precision, train_on_corrupted,
+                      validate_shipped_rule_alone_and_clean_up_alone)
 
 ITERATIONS = 300  # about 2 minutes on 2 CPU cores
 
@@ -28,15 +26,8 @@ def test_reduced_precision_labels_match_float32(trained):
 
 def test_3d_rule_repairs_broken_myocardium_walls_of_held_out_volumes(trained):
     refiner, held_out = trained
-    shipped = validate(refiner, held_out, ITERATIONS)
-    sizes = refiner.min_component_size, refiner.min_hole_size
-    refiner.min_component_size = refiner.min_hole_size = 0
-    rule_alone = validate(refiner, held_out, ITERATIONS)
-    refiner.min_component_size, refiner.min_hole_size = sizes
-    weights = refiner.model.update_out.weight.detach().clone()
-    torch.nn.init.zeros_(refiner.model.update_out.weight)  # the rule now keeps every mask: the clean-up alone
-    clean_up_alone = validate(refiner, held_out, ITERATIONS)
-    refiner.model.update_out.weight.data.copy_(weights)
+    shipped, rule_alone, clean_up_alone = validate_shipped_rule_alone_and_clean_up_alone(refiner, held_out,
+                                                                                         ITERATIONS)
     before, alone, after = rule_alone.before["MYO"], rule_alone.after["MYO"], shipped.after["MYO"]
     assert before["broken"] >= 0.5 and before["beta1_error"] >= 0.5, "the base walls must be broken"
     assert alone["beta1_error"] <= 0.5 * before["beta1_error"], (before, alone)

@@ -5,20 +5,14 @@ A brick wall has dozens of loops, like TopoMortar; the base masks are synthetic 
 halve the loop (beta1) errors, beat its own read-out clean-up alone (which can only fill small holes and drop
 small pieces) and cost at most half a Dice point; the identity and the clean-up alone fail it.
 """
-import torch
-
-from rnca_nnunet.validation import validate
-
-from conftest import train_on_corrupted
+from conftest import train_on_corrupted, validate_shipped_rule_alone_and_clean_up_alone
 
 ITERATIONS = 600  # about 1.5 minutes on 2 CPU cores; held-out beta1 error 9.8 -> 1.1 when calibrated (300: 2.2)
 
 
 def test_refiner_halves_loop_errors_of_held_out_brick_walls():
     refiner, held_out = train_on_corrupted("mesh2d", "vessels_2d", ITERATIONS, 16, 4, 10)
-    shipped = validate(refiner, held_out, ITERATIONS)
-    torch.nn.init.zeros_(refiner.model.update_out.weight)  # the rule now keeps every mask: the clean-up alone
-    clean_up_alone = validate(refiner, held_out, ITERATIONS)
+    shipped, _, clean_up_alone = validate_shipped_rule_alone_and_clean_up_alone(refiner, held_out, ITERATIONS)
     before, after, alone = shipped.before["mortar"], shipped.after["mortar"], clean_up_alone.after["mortar"]
     assert before["beta1_error"] >= 5, "the base walls must have broken and bridged loops"
     assert after["beta1_error"] <= 0.5 * before["beta1_error"], (before, after)
