@@ -8,8 +8,8 @@ nnU-Net's time, the refinement's time (inside the refining run) and their ratio,
 second. Part `memory`: peak RSS of refining a volume and ones 4x and 16x as large, each in a fresh process. Part
 `training_memory`: peak RSS of a short training on N and 4N cases, in memory and on disk.
 Part `rule`: each trained rule alone on a large generated case (the cases repeated along every axis), in
-every numeric variant this device offers (float32; on CUDA also bf16/fp16 autocast, channels-last and
-torch.compile): seconds, voxel-steps per second, peak GPU memory and the share of voxels whose label differs
+every numeric variant this device offers (float32, bf16 autocast, channels-last; on CUDA also fp16 autocast
+and torch.compile): seconds, voxel-steps per second, peak GPU memory and the share of voxels whose label differs
 from float32's.
 
     python benchmarks/speed.py --out speed_output --markdown benchmarks/SPEED.md
@@ -221,7 +221,8 @@ def large_case(kind: str, repeat: Sequence[int]) -> np.ndarray:
 def rule_variants() -> List[Tuple[str, Optional[torch.dtype], bool, bool]]:
     """(name, autocast dtype, channels-last, torch.compile) worth trying on this device."""
     if DEVICE.type == "cpu":
-        return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False)]
+        return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False),
+                ("float32, channels-last", None, True, False), ("bfloat16, channels-last", torch.bfloat16, True, False)]
     return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False),
             ("float16 autocast", torch.float16, False, False), ("float32, channels-last", None, True, False),
             ("bfloat16, channels-last", torch.bfloat16, True, False), ("bfloat16, torch.compile", torch.bfloat16, False, True)]

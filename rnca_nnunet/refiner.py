@@ -23,10 +23,11 @@ from rnca_nnunet.config import check_steps
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import shared_folder_permissions
 from rnca_nnunet.data import ModelFolder
-from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.model import RNCA, RuleShape, memory_format
 from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, reachable_region, run_tiled
-from rnca_nnunet.state import (LabelSemantics, Normalisation, mask_from_probabilities, probabilities_from_mask,
-                               segmentation_from_mask, target_from_label)
+from rnca_nnunet.state import (LabelSemantics, Normalisation, complete_probabilities, mask_from_probabilities,
+                               probabilities_from_mask, segmentation_from_mask, segmentation_from_probabilities,
+                               target_from_label)
 
 FOLDER_NAME = "rnca"
 WEIGHTS_FILE = "refiner.safetensors"
@@ -47,6 +48,11 @@ def default_precision(device: torch.device) -> Optional[torch.dtype]:
     return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type)
 
 
+def default_channels_last(device: torch.device) -> bool:
+    """Channels-last tensors where benchmarks/speed.py measured them faster: on the CPU, not on CUDA."""
+    return device.type == "cpu"
+
+
 class RNCARefiner:
     """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`."""
 
@@ -64,7 +70,7 @@ class RNCARefiner:
         self.transpose_forward = list(transpose_forward)
         self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
         self.precision = default_precision(self.device)  # autocast dtype of the rule's convolutions; None: float32
-        self.channels_last = False  # channels-last memory format for the rule's tensors
+        self.channels_last = default_channels_last(self.device)  # channels-last memory format of the rule's tensors
 
     @classmethod
     def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
@@ -147,11 +153,20 @@ class RNCARefiner:
             raise InputError(f"image shape {image.shape[1:]} differs from probabilities shape {probabilities.shape[1:]}")
         if not (np.isfinite(image).all() and np.isfinite(probabilities).all()):
             raise InputError("the image or the probabilities contain NaN or infinite values; nothing was refined")
-        context = self.to_rule_axes(np.concatenate([self.normalisation(image),
-                                                    mask_from_probabilities(probabilities, self.semantics)]))
-        mask, used = self.refine_context(context, steps, stop_when_stable)
-        mask = self.from_rule_axes(self.clean(mask))
-        return probabilities_from_mask(mask, self.semantics), segmentation_from_mask(mask, self.semantics), used
+        # the rule writes its mask straight into the last K channels of the probabilities it returns, which are
+        # then completed in place: besides its context and its outputs, refinement holds only a tile
+        refined = np.zeros(probabilities.shape, np.float32)
+        rule_axes = self.to_rule_axes(refined)
+        _, used = self.refine_context(self.rule_context(image, probabilities), steps, stop_when_stable,
+                                      out=rule_axes[-self.semantics.mask_channels:])
+        return refined, self.from_rule_axes(self.read_out(rule_axes)), used
+
+    def rule_context(self, image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """Raw image + nnU-Net probabilities -> the rule's context (I + K, ...) in the rule's axis order."""
+        mask = mask_from_probabilities(probabilities, self.semantics)
+        context = np.empty((image.shape[0] + mask.shape[0], *image.shape[1:]), np.float32)
+        context[:image.shape[0]], context[image.shape[0]:] = self.normalisation(image), mask
+        return self.to_rule_axes(context)
 
     def to_rule_axes(self, array: np.ndarray) -> np.ndarray:
         """(..., Z, Y, X) in the image's axis order -> nnU-Net's (`transpose_forward`)."""
@@ -171,48 +186,50 @@ class RNCARefiner:
         return fill_small_holes(remove_small_components(segmentation, labels, self.min_component_size),
                                 self.min_hole_size, per_slice=self.model.shape.ndim == 2)
 
-    def clean(self, mask: np.ndarray) -> np.ndarray:
-        """Mask channels (K, Z, Y, X) after `clean_segmentation`, so probabilities and labels agree."""
-        if self.min_component_size <= 1 and self.min_hole_size <= 1:
-            return mask
-        segmentation = segmentation_from_mask(mask, self.semantics)
+    def read_out(self, probabilities: np.ndarray) -> np.ndarray:
+        """In place: probabilities (C, Z, Y, X) whose last K channels hold the rule's mask are completed
+        (`complete_probabilities`) and made to agree with `clean_segmentation`'s labels; returns those labels."""
+        complete_probabilities(probabilities, self.semantics)
+        segmentation = segmentation_from_probabilities(probabilities, self.semantics)
         cleaned = self.clean_segmentation(segmentation)
-        changed = cleaned != segmentation
-        mask = mask.copy()
-        mask[:, changed] = target_from_label(cleaned[changed], self.semantics)[0]
-        return mask
+        if cleaned is not segmentation:
+            changed = cleaned != segmentation
+            probabilities[:, changed] = probabilities_from_mask(target_from_label(cleaned[changed], self.semantics)[0],
+                                                                self.semantics)
+        return cleaned
 
     def segment(self, mask: np.ndarray) -> np.ndarray:
         """Refined mask channels -> the label map that prediction writes."""
         return self.clean_segmentation(segmentation_from_mask(mask, self.semantics))
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
-                       plan: Optional[TilePlan] = None) -> Tuple[np.ndarray, int]:
-        """Context (I + K, Z, Y, X) -> refined mask channels (K, Z, Y, X) and the steps used.
+                       plan: Optional[TilePlan] = None, out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:
+        """Context (I + K, Z, Y, X) -> refined mask channels (K, Z, Y, X) and the steps used; written into `out`
+        (zero-filled, any strides) when given.
 
-        Only the slices and the box the rule can reach from its alive cells are run (the rest stays background,
-        as it would); a region within the cell budget runs whole (and may stop at steady state), a larger one,
-        or any region given a `plan`, runs in exact tiles (see tiling.py) for the full step count."""
+        Only the box the rule can reach from its alive cells is run (the rest stays background, as it would); a
+        box within the cell budget runs whole (and may stop at steady state), a larger one, or any box given a
+        `plan`, runs in exact tiles (see tiling.py) for the full step count."""
         k = self.semantics.mask_channels
+        mask = np.zeros((k, *context.shape[1:]), np.float32) if out is None else out  # what dead cells read out
         if self.model.shape.ndim == 2:  # slices become the batch
-            batch = np.moveaxis(context, 1, 0)
+            batch, batch_mask = np.moveaxis(context, 1, 0), np.moveaxis(mask, 1, 0)
         else:
-            batch = context[None]
-        mask = np.zeros((batch.shape[0], k, *batch.shape[2:]), np.float32)  # what dead cells read out
+            batch, batch_mask = context[None], mask[None]
         region = reachable_region(batch[:, -k:], self.model.shape.alive_threshold, self.model.growth_radius(steps))
         used = 0
         if region is not None:
-            entries, box = region
-            batch = np.ascontiguousarray(batch[(entries, slice(None), *box)])
+            batch, target = batch[region], batch_mask[region]  # views: the region is written in place
             budget = self.max_tile_cells or cell_budget(self.model.shape, self.device)
             if plan is None and batch.size // batch.shape[1] <= budget:
-                refined, used = self._run(batch, steps, stop_when_stable)
+                refined, used = self._run(np.ascontiguousarray(batch), steps, stop_when_stable)
+                target[...] = refined
             else:
                 halo = self.model.receptive_radius(steps)
                 plan = plan or plan_tiles(batch.shape[0], batch.shape[2:], halo, budget)
-                refined, used = run_tiled(lambda tile: self._run(tile, steps, False)[0], batch, k, halo, plan), steps
-            mask[(entries, slice(None), *box)] = refined
-        return (np.moveaxis(mask, 0, 1) if self.model.shape.ndim == 2 else mask[0]), used
+                run_tiled(lambda tile: self._run(tile, steps, False)[0], batch, target, halo, plan)
+                used = steps
+        return mask, used
 
     def evolution(self, image: np.ndarray, probabilities: np.ndarray, z: int,
                   steps: Optional[int] = None) -> List[np.ndarray]:
@@ -221,8 +238,7 @@ class RNCARefiner:
 
         A 2D rule needs only that slice; a 3D rule only the slab its reach covers, so this stays cheap."""
         steps = self.steps if steps is None else steps
-        context = self.to_rule_axes(np.concatenate([self.normalisation(image),
-                                                    mask_from_probabilities(probabilities, self.semantics)]))
+        context = self.rule_context(image, probabilities)
         if self.model.shape.ndim == 2:
             batch, index = context[:, z][None], (0, slice(None), None)
         else:
@@ -239,10 +255,9 @@ class RNCARefiner:
              on_step: Optional[Callable[[np.ndarray], None]] = None) -> Tuple[np.ndarray, int]:
         """The rule's rollout on one batch; stops when the binary mask is unchanged over `check_every` steps."""
         k = self.semantics.mask_channels
-        context_input = torch.from_numpy(batch).to(self.device)
-        if self.channels_last:
-            context_input = context_input.contiguous(
-                memory_format=torch.channels_last if batch.ndim == 4 else torch.channels_last_3d)
+        layout = memory_format(self.model.shape.ndim, self.channels_last)
+        self.model.to(memory_format=layout)  # the weights follow the tensors' layout (a few KB)
+        context_input = torch.from_numpy(batch).to(self.device).contiguous(memory_format=layout)
         previous: List[Optional[torch.Tensor]] = [None]
 
         def watch(step: int, state: torch.Tensor) -> bool:

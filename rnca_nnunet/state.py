@@ -62,21 +62,34 @@ def mask_from_probabilities(probabilities: np.ndarray, semantics: LabelSemantics
     return np.ascontiguousarray(foreground, dtype=np.float32)
 
 
+def complete_probabilities(probabilities: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
+    """In place: (C, *spatial) whose last K channels hold foreground mask channels -> probabilities in nnU-Net's
+    layout (argmax/thresholds give the labels): masks clipped to [0, 1]; with softmax labels, channel 0 becomes
+    the background and every cell sums to 1. Works on views (any strides), so no case-sized copy is made."""
+    mask = probabilities[-semantics.mask_channels:]
+    np.clip(mask, 0.0, 1.0, out=mask)
+    if not semantics.has_regions:
+        np.clip(1.0 - mask.sum(0), 0.0, 1.0, out=probabilities[0])
+        probabilities /= np.maximum(probabilities.sum(0), 1e-6)
+    return probabilities
+
+
 def probabilities_from_mask(mask: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
-    """Foreground mask channels -> probabilities in nnU-Net's layout (argmax/thresholds give the labels)."""
-    mask = np.clip(mask, 0.0, 1.0).astype(np.float32)
-    if semantics.has_regions:
-        return mask
-    background = np.clip(1.0 - mask.sum(0, keepdims=True), 0.0, 1.0)
-    probabilities = np.concatenate([background, mask], 0)
-    return probabilities / np.maximum(probabilities.sum(0, keepdims=True), 1e-6)
+    """Foreground mask channels -> probabilities in nnU-Net's layout (see `complete_probabilities`)."""
+    probabilities = np.zeros((mask.shape[0] + (0 if semantics.has_regions else 1), *mask.shape[1:]), np.float32)
+    probabilities[-mask.shape[0]:] = mask
+    return complete_probabilities(probabilities, semantics)
+
+
+def segmentation_from_probabilities(probabilities: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
+    """The label map nnU-Net exports for these probabilities (its own LabelManager decides)."""
+    segmentation = semantics.manager.convert_probabilities_to_segmentation(probabilities)
+    return np.asarray(segmentation).astype(np.uint8 if len(semantics.manager.foreground_labels) < 255 else np.uint16)
 
 
 def segmentation_from_mask(mask: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
     """The label map nnU-Net would export for these mask channels."""
-    probabilities = probabilities_from_mask(mask, semantics)
-    segmentation = semantics.manager.convert_probabilities_to_segmentation(probabilities)
-    return np.asarray(segmentation).astype(np.uint8 if len(semantics.manager.foreground_labels) < 255 else np.uint16)
+    return segmentation_from_probabilities(probabilities_from_mask(mask, semantics), semantics)
 
 
 def target_from_label(label: np.ndarray, semantics: LabelSemantics) -> Tuple[np.ndarray, np.ndarray]:

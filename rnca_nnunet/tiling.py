@@ -59,20 +59,21 @@ def plan_tiles(batch: int, spatial: Sequence[int], halo: int, max_cells: int) ->
     return TilePlan(max(1, min(batch, max_cells // outer_cells())), tuple(core))
 
 
-def reachable_region(mask: np.ndarray, threshold: float, margin: int) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
-    """(batch entries, spatial box) outside which a rule stays dead: the entries of (B, K, *spatial) mask channels
-    with a cell above `threshold`, and their box widened by `margin` cells (`RNCA.growth_radius`); None when no
-    cell is alive. Refining only that region gives the same result (a heart in a large CT, empty slices)."""
+def reachable_region(mask: np.ndarray, threshold: float, margin: int) -> Optional[Tuple[slice, ...]]:
+    """The box of (B, K, *spatial) mask channels outside which a rule stays dead: from the first to the last batch
+    entry with a cell above `threshold`, and in space those cells' box widened by `margin` cells
+    (`RNCA.growth_radius`); None when no cell is alive. Refining only that box gives the same result (a heart in
+    a large CT, empty slices), and being a box it is a view: no case-sized copy."""
     alive = (mask > threshold).any(1)
     entries = np.flatnonzero(alive.reshape(len(alive), -1).any(1))
     if not len(entries):
         return None
-    alive = alive[entries].any(0)
+    alive = alive[entries[0]:entries[-1] + 1].any(0)
     box = []
     for axis, size in enumerate(alive.shape):
         present = np.flatnonzero(alive.any(tuple(a for a in range(alive.ndim) if a != axis)))
         box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + 1 + margin, size)))
-    return entries, tuple(box)
+    return (slice(int(entries[0]), int(entries[-1]) + 1), slice(None), *box)
 
 
 def tiles(spatial: Sequence[int], core: Sequence[int], halo: int) -> Iterator[Tuple[tuple, tuple, tuple]]:
@@ -84,15 +85,13 @@ def tiles(spatial: Sequence[int], core: Sequence[int], halo: int) -> Iterator[Tu
         yield inner_core, outer, inner
 
 
-def run_tiled(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, out_channels: int, halo: int,
-              plan: TilePlan) -> np.ndarray:
-    """Apply `run` ((B, C, *tile) -> (B, out_channels, *tile)) tile by tile and chunk by chunk; exact when
-    `halo` is the rule's reach for the steps `run` takes."""
+def run_tiled(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, out: np.ndarray, halo: int,
+              plan: TilePlan) -> None:
+    """Apply `run` ((B, C, *tile) -> (B, K, *tile)) tile by tile and chunk by chunk, writing each core into `out`
+    (B, K, *spatial, any strides); exact when `halo` is the rule's reach for the steps `run` takes."""
     spatial = batch.shape[2:]
-    out = np.zeros((batch.shape[0], out_channels, *spatial), np.float32)
     for start in range(0, batch.shape[0], plan.slices_per_chunk):
         chunk = slice(start, start + plan.slices_per_chunk)
         for core, outer, inner in tiles(spatial, plan.core, halo):
             tile = run(np.ascontiguousarray(batch[(chunk, slice(None), *outer)]))
             out[(chunk, slice(None), *core)] = tile[(slice(None), slice(None), *inner)]
-    return out

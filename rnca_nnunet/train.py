@@ -20,9 +20,9 @@ from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.loss import refinement_loss
 from rnca_nnunet.loss_weights import loss_weights
-from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.model import RNCA, RuleShape, memory_format
 from rnca_nnunet.readout import choose_read_out
-from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.refiner import RNCARefiner, default_channels_last
 from rnca_nnunet.sampling import PatchSampler
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.validation import ValidationResult, summary_line, validate
@@ -52,7 +52,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
-    model = RNCA(shape).to(device)
+    layout = memory_format(ndim, default_channels_last(device))  # the layout the refiner will run in
+    model = RNCA(shape).to(device, memory_format=layout)
     refiner = RNCARefiner(model, semantics, normalisation, config.inference_steps,
                           dict(trained_on, train=config_to_dict(config)), device, transpose_forward=transpose_forward)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -60,7 +61,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(i, config.iterations) / config.iterations)))
     sampler = PatchSampler(train_cases, ndim, config, rng)
-    to_device = lambda batch: {key: torch.from_numpy(np.ascontiguousarray(v)).to(device) for key, v in batch.items()}  # noqa: E731
+    to_device = lambda batch: {key: torch.from_numpy(np.ascontiguousarray(v)).to(device).contiguous(memory_format=layout)  # noqa: E731
+                               for key, v in batch.items()}
     pool = to_device(sampler.sample(config.pool_size))
     pool["state"] = model.initial_state(pool["context"][:, -k:])
     losses: List[float] = []
