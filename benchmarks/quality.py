@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--test_cases", type=int, default=10)
     parser.add_argument("--rnca_iterations", type=int, default=800)
     parser.add_argument("--rnca_iterations_3d", type=int, default=600,
-                        help="iterations of the 3D rule (default_3d preset; ~5 minutes on 2 CPU cores); 0: none")
+                        help="iterations of the 3D rule (default_3d preset; ~2.5 minutes on 2 CPU cores); 0: none")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2],
                         help="nnU-Net folds to train (CV predictions of the other folds' cases are not made); "
                              "three keep the CPU run under 30 minutes")

@@ -13,6 +13,9 @@ from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import segmentation_from_mask
 
 
+NEWLY_BROKEN_WEIGHT = 1.0  # breaking every intact structure costs as much as leaving every error in place
+
+
 def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -> Tuple[List, List]:
     """Hold out a fraction of cases (at least one when there are two or more) for checkpoint selection."""
     order = np.random.default_rng(seed).permutation(len(cases))
@@ -29,13 +32,24 @@ class ValidationResult:
 
     @property
     def score(self) -> float:
-        """Lower is better: remaining share of topology errors, minus a reward for Dice gained.
+        """Lower is better: remaining share of topology errors, minus a reward for Dice gained, plus the share
+        of intact structures the refinement broke.
 
         One error per class is added above and below the fraction, so that bases with almost no
-        topology errors (refining good labels) do not turn a few new errors into a huge ratio."""
+        topology errors (refining good labels) do not turn a few new errors into a huge ratio. Mean errors
+        alone let repairs on broken cases pay for breaking intact ones (a tunnel through a sound 3D wall, a
+        pinhole in a correct mortar line); a user never wants the latter, so it is charged on its own."""
         topo = lambda m: sum(c["beta0_error"] + c["beta1_error"] + 1.0 for c in m.values())  # noqa: E731
         dice = lambda m: float(np.mean([c["dice"] for c in m.values()]))  # noqa: E731
-        return topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
+        return (topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
+                + NEWLY_BROKEN_WEIGHT * self.newly_broken_share)
+
+    @property
+    def newly_broken_share(self) -> float:
+        """Of the (case, class) pairs whose topology was right before, the share that is wrong after."""
+        intact = [(case["after"][name]["broken"] > 0) for case in self.per_case
+                  for name, metrics in case["before"].items() if not metrics["broken"]]
+        return float(np.mean(intact)) if intact else 0.0
 
 
 Refined = Tuple[Union[np.ndarray, str], int]  # label map before the read-out's clean-up (or its .npy), steps
