@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
 from rnca_nnunet.config import check_steps
+from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import shared_folder_permissions
 from rnca_nnunet.data import ModelFolder
@@ -60,6 +61,8 @@ class RNCARefiner:
                  trained_on: Dict, device: Optional[torch.device] = None, min_component_size: int = 0,
                  min_hole_size: int = 0, transpose_forward: Sequence[int] = (0, 1, 2)):
         self.device = device or default_device()
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.model = model.to(self.device).eval()
         self.semantics = semantics
         self.normalisation = normalisation
@@ -277,7 +280,7 @@ class RNCARefiner:
                             enabled=self.precision is not None), \
                 cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
                             allow_tf32=cudnn.allow_tf32):
-            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:]), context_input, steps,
+            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:], layout), context_input, steps,
                                              on_step=watch)
         return RNCA.read_mask(state, k).cpu().numpy(), used
 

@@ -64,7 +64,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     to_device = lambda batch: {key: torch.from_numpy(np.ascontiguousarray(v)).to(device).contiguous(memory_format=layout)  # noqa: E731
                                for key, v in batch.items()}
     pool = to_device(sampler.sample(config.pool_size))
-    pool["state"] = model.initial_state(pool["context"][:, -k:])
+    pool["state"] = model.initial_state(pool["context"][:, -k:], layout)
     losses: List[float] = []
     validations: List[ValidationResult] = []
     best_state, best_score = None, float("inf")
@@ -73,7 +73,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         model.train()
         index = torch.from_numpy(rng.choice(config.pool_size, config.batch_size, replace=False)).to(device)
         fresh = to_device(sampler.sample(config.fresh_per_batch))
-        fresh["state"] = model.initial_state(fresh["context"][:, -k:])
+        fresh["state"] = model.initial_state(fresh["context"][:, -k:], layout)
         for key in pool:
             pool[key][index[: config.fresh_per_batch]] = fresh[key]
         batch = {key: value[index] for key, value in pool.items()}

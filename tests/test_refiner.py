@@ -1,11 +1,13 @@
 """The refiner on its own: exact tiling, 2D/3D, weight files that are data, clear errors."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.refiner import RNCARefiner
@@ -184,3 +186,9 @@ def test_only_the_reachable_region_runs_and_the_result_is_unchanged(ndim, shape)
     assert np.abs(whole - probabilities[1:]).max() > 1e-2, "the rule must change something for the test to mean anything"
     np.testing.assert_allclose(cropped, whole, atol=1e-6)
     assert np.array_equal(cropped > 0.5, whole > 0.5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_glibc_accepts_the_rollouts_malloc_thresholds():
+    """glibc accepts both thresholds (a wrong parameter number makes mallopt return 0)."""
+    assert reuse_freed_memory()
