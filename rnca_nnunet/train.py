@@ -3,8 +3,7 @@
 Growing-NCA style sample pool: evolved states go back into the pool, so the rule learns to keep a
 mask stable and keep cleaning it well past the training horizon. Patches come from sampling.py, the
 loss from loss.py and loss_weights.py, held-out checkpoint scores from validation.py, and the read-out
-sizes from readout.py; the checkpoint is chosen on the held-out topology errors of what would ship (the
-rule with its own read-out sizes), not on the loss.
+sizes from readout.py; the checkpoint is chosen on held-out topology errors, not on the loss.
 """
 from __future__ import annotations
 
@@ -98,11 +97,10 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         losses.append(float(loss.detach()))
         if val_cases and (iteration % config.validate_every == 0 or iteration == config.iterations):
             model.eval()
-            result = choose_read_out(refiner, val_cases, lambda line: None, work_folder, iteration)
+            result = validate(refiner, val_cases, iteration)
             validations.append(result)
             log(f"iteration {iteration}: loss {np.mean(losses[-config.validate_every:]):.4f} "
-                f"{summary_line(result)} score {result.score:.3f} (read-out: components < "
-                f"{refiner.min_component_size}, holes < {refiner.min_hole_size}; {time.time() - started:.0f} s)")
+                f"{summary_line(result)} score {result.score:.3f} ({time.time() - started:.0f} s)")
             if result.score < best_score:
                 best_score, best_state = result.score, {n: p.detach().clone() for n, p in model.state_dict().items()}
     if best_state is not None:
