@@ -298,10 +298,10 @@ def main() -> None:
     if "training_memory" in args.parts:
         sections.append("| training (cardiac3d 12x192x192, 2D rule, 10 iterations, 16 inference steps) | cases | peak RSS GiB |\n"
                         "|---|---|---|\n" + "\n".join(training_memory_rows()))
-    if training_rows(paths):
+    trainings = training_rows(paths)
+    if trainings:
         sections.append("| rNCA training | rule | iterations | seconds (whole command) | s/iteration | device |\n"
-                        "|---|---|---|---|---|---|\n"
-                        + "\n".join(training_rows(paths)))
+                        "|---|---|---|---|---|---|\n" + "\n".join(trainings))
     if "rule" in args.parts:
         sections.append("| trained rule | cells | variant | steps | seconds | voxel-steps/s | peak GPU GiB | labels "
                         "differing from float32 (all voxels) | (of float32's foreground) |\n"

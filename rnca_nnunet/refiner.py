@@ -73,7 +73,17 @@ class RNCARefiner:
         self.transpose_forward = list(transpose_forward)
         self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
         self.precision = default_precision(self.device)  # autocast dtype of the rule's convolutions; None: float32
-        self.channels_last = default_channels_last(self.device)  # channels-last memory format of the rule's tensors
+        self.channels_last = default_channels_last(self.device)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the rule's tensors and weights are channels-last (see `model.memory_format`)."""
+        return self.layout != torch.contiguous_format
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self.layout = memory_format(self.model.shape.ndim, value)
+        self.model.to(memory_format=self.layout)  # the weights follow once, not at every rollout
 
     @classmethod
     def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
@@ -258,9 +268,7 @@ class RNCARefiner:
              on_step: Optional[Callable[[np.ndarray], None]] = None) -> Tuple[np.ndarray, int]:
         """The rule's rollout on one batch; stops when the binary mask is unchanged over `check_every` steps."""
         k = self.semantics.mask_channels
-        layout = memory_format(self.model.shape.ndim, self.channels_last)
-        self.model.to(memory_format=layout)  # the weights follow the tensors' layout (a few KB)
-        context_input = torch.from_numpy(batch).to(self.device).contiguous(memory_format=layout)
+        context_input = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.layout)
         previous: List[Optional[torch.Tensor]] = [None]
 
         def watch(step: int, state: torch.Tensor) -> bool:
@@ -280,7 +288,7 @@ class RNCARefiner:
                             enabled=self.precision is not None), \
                 cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
                             allow_tf32=cudnn.allow_tf32):
-            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:], layout), context_input, steps,
+            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:], self.layout), context_input, steps,
                                              on_step=watch)
         return RNCA.read_mask(state, k).cpu().numpy(), used
 

@@ -20,9 +20,9 @@ from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.loss import refinement_loss
 from rnca_nnunet.loss_weights import loss_weights
-from rnca_nnunet.model import RNCA, RuleShape, memory_format
+from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.readout import choose_read_out
-from rnca_nnunet.refiner import RNCARefiner, default_channels_last
+from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import PatchSampler
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.validation import ValidationResult, summary_line, validate
@@ -52,10 +52,10 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
-    layout = memory_format(ndim, default_channels_last(device))  # the layout the refiner will run in
-    model = RNCA(shape).to(device, memory_format=layout)
+    model = RNCA(shape)
     refiner = RNCARefiner(model, semantics, normalisation, config.inference_steps,
                           dict(trained_on, train=config_to_dict(config)), device, transpose_forward=transpose_forward)
+    layout = refiner.layout  # train in the layout the refiner runs in
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = max(1, config.iterations // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
