@@ -61,7 +61,7 @@ def test_non_utf8_rnca_json_is_refused(tmp_path):
 def test_non_finite_weights_are_refused_at_load(tmp_path):
     refiner = random_refiner(2)
     folder = saved_refiner(tmp_path)
-    weights = {k: v.clone() for k, v in refiner.model.state_dict().items()}
+    weights = {k: v.clone(memory_format=torch.contiguous_format) for k, v in refiner.model.state_dict().items()}
     weights["update_in.weight"][0, 0] = float("nan")
     save_file(weights, os.path.join(folder, "refiner.safetensors"))
     with pytest.raises(InputError, match=r"\['update_in.weight'\] contain NaN"):
