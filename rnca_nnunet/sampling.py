@@ -11,6 +11,9 @@ from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
+                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, Rot90Transform
 
 from rnca_nnunet.config import TrainConfig
@@ -60,6 +63,7 @@ class PatchSampler:
         if ndim == 2 and self.patch[0] == self.patch[1]:
             transforms.append(Rot90Transform(num_rot=(1, 2, 3), axes=(0, 1), p_per_sample=0.5))
         self.augment = Compose(transforms)
+        self.intensity = intensity_augmentation()
 
     def _maps_of(self, index: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
         case = self.cases[index]
@@ -102,11 +106,25 @@ class PatchSampler:
                 mask = corrupt_mask(target, self.rng)
             images.append(image), masks.append(_temperature(mask, self.rng.uniform(0.7, 1.4)))
             targets.append(target), valids.append(valid), lines.append(line)
+        images = self.intensity(data=np.stack(images).astype(np.float32))["data"]
         parts = [np.stack(a) for a in (images, masks, targets, lines, valids)]
         data = self.augment(data=np.concatenate(parts, 1).astype(np.float32))["data"]
         bounds = np.cumsum([0] + [p.shape[1] for p in parts])
         image, mask, target, line, valid = (data[:, a:b] for a, b in zip(bounds[:-1], bounds[1:]))
         return {"context": np.concatenate([image, mask], 1), "target": target, "line": line, "valid": valid}
+
+
+def intensity_augmentation() -> Compose:
+    """nnU-Net's intensity augmentations (nnUNetTrainer, same ranges and probabilities), for the image channels
+    only: a rule trained on a few dozen cases must not learn their exact brightness, contrast and colour."""
+    return Compose([
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_channel=0.5, p_per_sample=0.2),
+        BrightnessMultiplicativeTransform((0.75, 1.25), per_channel=True, p_per_sample=0.15),
+        ContrastAugmentationTransform((0.75, 1.25), per_channel=True, p_per_sample=0.15),
+        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+    ])
 
 
 def _temperature(mask: np.ndarray, temperature: float) -> np.ndarray:

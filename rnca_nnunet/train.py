@@ -36,6 +36,9 @@ class TrainingRecord:
     final: Optional[ValidationResult]
 
 
+CHECKPOINT_CLEAN_UP = 4  # cells: checkpoints are scored without one-to-three-cell specks and pinholes
+
+
 class TrainingDiverged(InputError):
     """The loss or the weights became non-finite: nothing is saved, the previous refiner stays."""
 
@@ -49,6 +52,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     Cases may be in memory or on disk (case_store.py); `work_folder` keeps the read-out search's label maps
     on disk. Raises TrainingDiverged as soon as the loss or a weight is not finite."""
     torch.manual_seed(config.seed)
+    np.random.seed(config.seed)  # batchgenerators' augmentations draw from NumPy's global generator
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
@@ -68,6 +72,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     losses: List[float] = []
     validations: List[ValidationResult] = []
     best_state, best_score = None, float("inf")
+    refiner.min_component_size = refiner.min_hole_size = CHECKPOINT_CLEAN_UP  # see CHECKPOINT_CLEAN_UP
     started = time.time()
     for iteration in tqdm(range(1, config.iterations + 1), desc="training rNCA", disable=not show_progress):
         model.train()
@@ -107,6 +112,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         model.load_state_dict(best_state)
     model.eval()
     final = None
+    refiner.min_component_size = refiner.min_hole_size = 0
     if val_cases:
         best = min(validations, key=lambda v: v.score)
         choose_read_out(refiner, [*train_cases, *val_cases], log, work_folder)
