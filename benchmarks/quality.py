@@ -27,15 +27,17 @@ from rnca_nnunet.refiner import RNCARefiner
 DATASETS = {"vessels2d": (981, "2d"), "cardiac2d": (982, "2d"), "cardiac3d": (983, "3d_fullres")}
 
 
-def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: List[int], out: str, iterations: int,
-                    log) -> dict:
-    """With a trained base model: train the refiner (unless `iterations` is 0), write every method's test
-    predictions. Test-time mirroring is off for every method: it quadruples CPU prediction time."""
+def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: List[int], out: str,
+                    iterations: Optional[int], log, preset: Optional[str] = None) -> dict:
+    """With a trained base model: train the refiner (unless `iterations` is 0; None: the preset's), write every
+    method's test predictions. Test-time mirroring is off for every method: it quadruples CPU prediction time."""
     env = nnunet_environment(out)
     model_folder = os.path.join(env["nnUNet_results"], dataset, f"{TRAINER}__nnUNetPlans__{configuration}")
-    if iterations and not os.path.isfile(os.path.join(model_folder, "rnca", "rnca.json")):  # kept from an earlier run
+    train = iterations != 0
+    if train and not os.path.isfile(os.path.join(model_folder, "rnca", "rnca.json")):  # kept from an earlier run
         run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device", "cpu",
-                  "--iterations", str(iterations), "--disable_progress_bar"], env, log)
+                  "--disable_progress_bar", *(["--iterations", str(iterations)] if iterations else []),
+                  *(["--preset", preset] if preset else [])], env, log)
     images = os.path.join(env["nnUNet_raw"], dataset, "imagesTs")
     folders = {name: os.path.join(out, "predictions", name) for name in ("base", "largest component", "closing")}
     run_step(["nnUNetv2_predict", "-i", images, "-o", folders["base"], "-d", str(dataset_id), "-c", configuration,
@@ -45,7 +47,7 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
     labels = [v for k, v in model.dataset_json["labels"].items() if k != "background"]
     apply_to_folder(keep_largest_component, labels, folders["base"], folders["largest component"], model.file_ending)
     apply_to_folder(morphological_closing, labels, folders["base"], folders["closing"], model.file_ending)
-    if iterations:
+    if train:
         add_cleanup_baseline(folders, RNCARefiner.from_folder(os.path.join(model_folder, "rnca")), labels,
                              os.path.join(out, "predictions", "clean-up alone"), model.file_ending)
         folders["rNCA"] = os.path.join(out, "predictions", "rNCA")
