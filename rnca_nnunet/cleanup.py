@@ -6,7 +6,7 @@ pixel loss barely sees. Sizes are chosen on the CV cases after training; 0 chang
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import cc3d
 import numpy as np
@@ -23,6 +23,26 @@ def remove_small_components(segmentation: np.ndarray, labels: List[int], min_siz
     return out
 
 
+def _enclosed_holes(segmentation: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(Z, Y, X) label map -> its background components (6-connected) and, per component index, whether it
+    touches no image border (a hole); index 0 is never a hole."""
+    holes = cc3d.connected_components(segmentation == 0, connectivity=6)
+    border = np.zeros(holes.shape, bool)
+    for axis in (a for a in range(holes.ndim) if holes.shape[a] > 1):
+        border[(slice(None),) * axis + (0,)] = border[(slice(None),) * axis + (-1,)] = True
+    enclosed = ~np.isin(np.arange(int(holes.max()) + 1), holes[border])
+    enclosed[0] = False
+    return holes, enclosed
+
+
+def hole_sizes(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
+    """Sizes in cells of the holes `fill_small_holes` would consider (per slice when `per_slice`)."""
+    if per_slice and segmentation.shape[0] > 1:
+        return np.concatenate([hole_sizes(s[None], False) for s in segmentation])
+    holes, enclosed = _enclosed_holes(segmentation)
+    return np.bincount(holes.ravel())[enclosed]
+
+
 def fill_small_holes(segmentation: np.ndarray, min_size: int, per_slice: bool) -> np.ndarray:
     """Give background components smaller than `min_size` cells that touch no image border the label
     around them most. (Z, Y, X) label maps; holes are 4/6-connected, per slice when `per_slice`
@@ -31,13 +51,8 @@ def fill_small_holes(segmentation: np.ndarray, min_size: int, per_slice: bool) -
         return segmentation
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([fill_small_holes(s[None], min_size, False)[0] for s in segmentation])
-    holes = cc3d.connected_components(segmentation == 0, connectivity=6)
-    sizes = np.bincount(holes.ravel())
-    border = np.zeros(holes.shape, bool)
-    for axis in (a for a in range(holes.ndim) if holes.shape[a] > 1):
-        border[(slice(None),) * axis + (0,)] = border[(slice(None),) * axis + (-1,)] = True
-    small = (sizes < min_size) & ~np.isin(np.arange(len(sizes)), holes[border])
-    small[0] = False
+    holes, enclosed = _enclosed_holes(segmentation)
+    small = enclosed & (np.bincount(holes.ravel()) < min_size)
     out = segmentation.copy()
     for index, box in enumerate(ndimage.find_objects(holes), start=1):
         if box is None or not small[index]:

@@ -2,7 +2,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
+from rnca_nnunet.cleanup import fill_small_holes, hole_sizes, remove_small_components
 from rnca_nnunet.metrics import betti_numbers
 
 
@@ -43,3 +43,45 @@ def test_holes_of_a_volume_are_cavities_unless_taken_per_slice():
     as_volume = fill_small_holes(segmentation, min_size=4, per_slice=False)
     assert as_volume[1, 20, 20] == 0, "a tunnel to the outside is not a hole of the volume"
     assert fill_small_holes(segmentation, min_size=4, per_slice=True)[1, 20, 20] == 1
+
+
+def brick_wall(brick: int, count: int) -> np.ndarray:
+    """(1, Y, X) mortar (1) around `count` x `count` square background bricks of `brick` x `brick` cells."""
+    size = count * (brick + 1) + 1
+    wall = np.ones((1, size, size), np.uint8)
+    for i in range(count):
+        for j in range(count):
+            wall[0, 1 + i * (brick + 1):(i + 1) * (brick + 1), 1 + j * (brick + 1):(j + 1) * (brick + 1)] = 0
+    return wall
+
+
+def test_hole_sizes_are_the_holes_fill_small_holes_sees():
+    wall = brick_wall(5, 3)
+    wall[0, 0, 3] = 0  # opens a border brick: it is no hole
+    sizes = hole_sizes(wall, per_slice=True)
+    assert sorted(sizes.tolist()) == [25] * 8
+    assert (fill_small_holes(wall, 26, True)[0] == 1).sum() == wall.size - 25 - 1
+
+
+def test_the_read_out_never_fills_holes_the_size_of_the_labels_own():
+    """A fill of holes < 32 cells would pay here (six 20-cell spurious holes closed, two 25-cell bricks lost),
+    but test walls may hold many more small bricks: the search stops below the labels' small holes."""
+    from rnca_nnunet.data import TrainingCase
+    from rnca_nnunet.readout import choose_read_out
+    from test_refiner import random_refiner
+
+    wall = brick_wall(12, 5)
+    label = np.concatenate([wall, np.ones((1, 14, wall.shape[2]), np.uint8)], 1)  # a solid band of mortar below
+    label[0, 70:75, 5:10] = label[0, 70:75, 50:55] = 0  # two small real bricks of 25 cells
+    prediction = label.copy()
+    for x in range(14, 46, 6):
+        prediction[0, 69:73, x:x + 5] = 0  # six spurious holes of 20 cells
+    refiner = random_refiner(2)
+    refiner.model.update_out.weight.data.zero_()  # the identity: what the read-out does is all that changes
+    as_mask = lambda m: np.stack([m == 1, np.zeros_like(m, bool)]).astype(np.float32)  # noqa: E731
+    cases = [TrainingCase("wall", np.zeros((1, *label.shape), np.float32), as_mask(prediction), as_mask(label),
+                          np.ones(label.shape, np.float32), (1.0, 1.0, 1.0))]
+    assert sorted(hole_sizes(prediction, True))[:8] == [20] * 6 + [25] * 2
+    choose_read_out(refiner, cases, log=lambda line: None)
+    assert refiner.min_hole_size <= 25, "a fill of holes the size of the small bricks fills real bricks"
+    assert (refiner.clean_segmentation(prediction)[0, 70:75, 5:10] == 0).all()
