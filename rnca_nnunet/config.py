@@ -31,6 +31,7 @@ class TrainConfig:
     error_weight: float = 4.0
     topology_weight: float = 50.0
     corrupted_fraction: float = 0.25
+    p_scale_rotate: float = 0.0
     val_fraction: float = 0.2
     seed: int = 0
 
@@ -112,7 +113,8 @@ def check_config(config: TrainConfig, source: str) -> None:
     for name in ("weight_decay", "error_weight", "topology_weight"):
         _check(getattr(c, name) >= 0, source, name, getattr(c, name), ">= 0")
     _check(c.grad_clip > 0, source, "grad_clip", c.grad_clip, "> 0")
-    _check(0 <= c.corrupted_fraction <= 1, source, "corrupted_fraction", c.corrupted_fraction, "in [0, 1]")
+    for name in ("corrupted_fraction", "p_scale_rotate"):
+        _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
 
 

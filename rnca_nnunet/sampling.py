@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
+import torch
 from batchgenerators.transforms.abstract_transforms import Compose
 from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                          ContrastAugmentationTransform, GammaTransform)
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, Rot90Transform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
 from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.corrupt import corrupt_mask
@@ -64,6 +66,7 @@ class PatchSampler:
             transforms.append(Rot90Transform(num_rot=(1, 2, 3), axes=(0, 1), p_per_sample=0.5))
         self.augment = Compose(transforms)
         self.intensity = intensity_augmentation()
+        self.spatial = spatial_augmentation(self.patch, config.p_scale_rotate) if config.p_scale_rotate > 0 else None
 
     def _maps_of(self, index: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
         case = self.cases[index]
@@ -75,6 +78,18 @@ class PatchSampler:
         return self._computed[index]
 
     def _crop(self, index: int) -> Tuple[np.ndarray, ...]:
+        """(image, mask, target, valid, focus, line) of one patch; scaled and rotated when `p_scale_rotate` says so
+        (cut from a region twice the patch's size, so the turned and zoomed-out patch still holds real cells)."""
+        if self.spatial is None:
+            return self._region(index, self.patch)
+        arrays = self._region(index, tuple(2 * p for p in self.patch))
+        bounds = np.cumsum([0] + [a.shape[0] for a in arrays])
+        data = self.spatial(image=torch.from_numpy(np.concatenate(arrays)))["image"].numpy()
+        image, *masks = (data[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        mask, *binary = masks  # probabilities stay soft; labels are interpolated, then thresholded as nnU-Net's are
+        return (image, mask, *((b > 0.5).astype(np.float32) for b in binary))
+
+    def _region(self, index: int, size: Tuple[int, ...]) -> Tuple[np.ndarray, ...]:
         case = self.cases[index]
         focus, line, centres = self._maps_of(index)
         arrays = [case.image, case.mask, case.target, case.valid[None], focus, line]
@@ -89,9 +104,9 @@ class PatchSampler:
         spatial = arrays[0].shape[1:]
         out = []
         for a in arrays:
-            lo = [int(c) - p // 2 for c, p in zip(centre, self.patch)]
-            region = np.zeros((a.shape[0], *self.patch), np.float32)
-            src = tuple(slice(max(l, 0), min(l + p, s)) for l, p, s in zip(lo, self.patch, spatial))
+            lo = [int(c) - p // 2 for c, p in zip(centre, size)]
+            region = np.zeros((a.shape[0], *size), np.float32)
+            src = tuple(slice(max(l, 0), min(l + p, s)) for l, p, s in zip(lo, size, spatial))
             dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
             region[(slice(None), *dst)] = a[(slice(None), *src)]
             out.append(region)
@@ -112,6 +127,16 @@ class PatchSampler:
         bounds = np.cumsum([0] + [p.shape[1] for p in parts])
         image, mask, target, line, valid = (data[:, a:b] for a, b in zip(bounds[:-1], bounds[1:]))
         return {"context": np.concatenate([image, mask], 1), "target": target, "line": line, "valid": valid}
+
+
+def spatial_augmentation(patch: Tuple[int, ...], probability: float) -> SpatialTransform:
+    """nnU-Net's scaling (0.7-1.4, same for every axis) and, in 2D, rotation (any angle), each with `probability`:
+    a rule trained on a few walls or vessel trees must also see structures smaller and larger than theirs
+    (TopoMortar's val walls have bricks half the size of its train walls'). The input is a region twice the
+    patch's size, centred on the patch."""
+    return SpatialTransform(patch, patch_center_dist_from_border=0, random_crop=False,
+                            p_rotation=probability if len(patch) == 2 else 0.0, rotation=(-np.pi, np.pi),
+                            p_scaling=probability, scaling=(0.7, 1.4), p_synchronize_scaling_across_axes=1)
 
 
 def intensity_augmentation() -> Compose:

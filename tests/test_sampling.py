@@ -1,4 +1,5 @@
-"""Training patches: intensity augmentation reaches the image channels only, and a seed fixes a whole training."""
+"""Training patches: intensity augmentation reaches the image channels only, scaling and rotation keep
+labels binary, and a seed fixes a whole training."""
 import numpy as np
 import torch
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
@@ -34,6 +35,25 @@ def test_intensity_augmentation_changes_some_images_and_keeps_them_finite():
     changed = [not np.allclose(a, b) for a, b in zip(images, augmented)]
     assert 0.2 <= np.mean(changed) <= 0.9, "nnU-Net's probabilities: most, not all, images are changed"
     assert np.isfinite(augmented).all() and augmented.shape == images.shape
+
+
+def test_scaling_and_rotation_turn_every_patch_and_keep_labels_binary():
+    cases = corrupted_cases("vessels2d", 2, seed=5)
+    batches = {}
+    for p in (0.0, 1.0):
+        np.random.seed(0)
+        config = load_preset("vessels_2d", {"p_scale_rotate": p, "corrupted_fraction": 0.0})
+        sampler = PatchSampler(cases, 2, config, np.random.default_rng(0))
+        sampler.intensity = sampler.augment = lambda data: {"data": data}  # the crops alone
+        batches[p] = sampler.sample(16)
+    plain, turned = batches[0.0], batches[1.0]
+    assert turned["target"].shape == plain["target"].shape
+    assert all(not np.array_equal(a, b) for a, b in zip(plain["target"], turned["target"])), \
+        "with probability 1 every patch is scaled and rotated, so none equals the plain crop of the same centre"
+    for name in ("target", "line", "valid"):
+        assert set(np.unique(turned[name])) <= {0.0, 1.0}, f"{name} must stay a label after interpolation"
+    mask = turned["context"][:, cases[0].image.shape[0]:]
+    assert mask.min() >= 0 and mask.max() <= 1 and len(np.unique(mask)) > 2, "probabilities stay soft, in [0, 1]"
 
 
 def test_the_seed_fixes_a_training_even_after_numpy_was_used():
