@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import create_paths_fn
@@ -109,6 +109,22 @@ def find_cv_predictions(model: ModelFolder, log: Callable[[str], None] = print) 
         raise InputError(f"no cross-validation probabilities in {model.path}/fold_*/validation/*.npz; "
                          f"create them with: {commands}")
     return predictions
+
+
+def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], labels_folder: str) -> Optional[str]:
+    """A line for the log when CV predictions cover only some training cases, naming the folds to run.
+
+    The rule learns only the kinds of errors it is shown: on TopoMortar, folds 0-1 held none of the small-brick
+    walls, and a rule trained on them left 19.75 loop errors per val wall; trained on all five folds, 5.0."""
+    if not os.path.isdir(labels_folder):  # loading the cases then names the missing label file
+        return None
+    total = len(subfiles(labels_folder, suffix=model.file_ending, join=False))
+    if len(predictions) >= total:
+        return None
+    trained = {os.path.basename(os.path.dirname(os.path.dirname(p))) for p in predictions.values()}
+    missing = [model.validation_command(f) for f in range(5) if f"fold_{f}" not in trained]
+    return (f"CV predictions of {len(predictions)} of the {total} training cases only: the rule learns only the "
+            f"errors of these cases" + (f"; for every case run first: {'; '.join(missing)}" if missing else ""))
 
 
 def read_probabilities(npz_path: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from rnca_nnunet.case_store import store_case
 from rnca_nnunet.config import TrainConfig, config_to_dict
-from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case
+from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case, partial_cv_note
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.pictures import plot_progress
 from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
@@ -79,6 +79,9 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
             if not predictions:
                 raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
                                  f"{model.validation_command(list(folds)[0])}")
+        note = partial_cv_note(model, predictions, labels_folder)
+        if note:
+            log(note)
         store = os.path.join(staging, "cases")  # one case in memory at a time, here and in training
         cases = [store_case(load_training_case(model, npz, images_folder, labels_folder), store, model.ndim)
                  for npz in predictions.values()]

@@ -29,6 +29,10 @@ def test_refiner_folder_states_what_it_was_trained_on(trained_vessel_refiner):
     validation = json.load(open(os.path.join(folder, "validation.json")))
     assert set(validation["mean_before"]["vessel"]) >= {"dice", "beta0_error", "beta1_error"}
     assert validation["per_case"], "held-out cases were evaluated"
+    log = open(os.path.join(folder, "training_log.txt")).read()
+    assert "CV predictions of 4 of the 10 training cases only" in log, "folds 0 and 1 of 5 were trained"
+    assert f"nnUNetv2_train {config['trained_on']['dataset']} 2d 2 -tr {TEST_TRAINER}" in log
+    assert " 2d 1 -tr" not in log, "a fold with CV predictions is not asked for again"
     assert not any(name.startswith(".rnca") or name.endswith(".training")
                    for name in os.listdir(trained_vessel_refiner.model_folder))
 
