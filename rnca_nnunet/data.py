@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.utils import create_paths_fn
@@ -111,20 +111,23 @@ def find_cv_predictions(model: ModelFolder, log: Callable[[str], None] = print) 
     return predictions
 
 
-def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], labels_folder: str) -> Optional[str]:
-    """A line for the log when CV predictions cover only some training cases, naming the folds to run.
+def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], preprocessed_folder: str) -> Optional[str]:
+    """A line for the log when some folds of nnU-Net's `splits_final.json` have no CV predictions, naming the
+    commands that make them (None when every fold has them, or no split file exists).
 
     The rule learns only the kinds of errors it is shown: on TopoMortar, folds 0-1 held none of the small-brick
     walls, and a rule trained on them left 19.75 loop errors per val wall; trained on all five folds, 5.0."""
-    if not os.path.isdir(labels_folder):  # loading the cases then names the missing label file
+    splits_file = join(preprocessed_folder, "splits_final.json")
+    if not isfile(splits_file):
         return None
-    total = len(subfiles(labels_folder, suffix=model.file_ending, join=False))
-    if len(predictions) >= total:
+    splits = load_json(splits_file)
+    missing = [fold for fold, split in enumerate(splits) if not set(split["val"]) <= set(predictions)]
+    if not missing:
         return None
-    trained = {os.path.basename(os.path.dirname(os.path.dirname(p))) for p in predictions.values()}
-    missing = [model.validation_command(f) for f in range(5) if f"fold_{f}" not in trained]
+    total = len({case for split in splits for case in split["val"]})
     return (f"CV predictions of {len(predictions)} of the {total} training cases only: the rule learns only the "
-            f"errors of these cases" + (f"; for every case run first: {'; '.join(missing)}" if missing else ""))
+            f"errors of these cases; for every case run first: "
+            + "; ".join(model.validation_command(fold) for fold in missing))
 
 
 def read_probabilities(npz_path: str) -> np.ndarray:

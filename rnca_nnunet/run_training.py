@@ -79,7 +79,7 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
             if not predictions:
                 raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
                                  f"{model.validation_command(list(folds)[0])}")
-        note = partial_cv_note(model, predictions, labels_folder)
+        note = partial_cv_note(model, predictions, os.path.dirname(labels_folder))  # gt_segmentations' dataset
         if note:
             log(note)
         store = os.path.join(staging, "cases")  # one case in memory at a time, here and in training

@@ -2,6 +2,7 @@
 one-line errors with exit code 2, no code run from data files, and a good refiner never replaced by a bad one."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from rnca_nnunet.data import find_cv_predictions, read_model_folder
+from rnca_nnunet.data import find_cv_predictions, partial_cv_note, read_model_folder
 from rnca_nnunet.refiner import RNCARefiner
 
 from conftest import TEST_TRAINER, NnunetModel
@@ -178,3 +179,18 @@ def test_fold_all_is_not_training_data(trained_vessel_refiner, tmp_path):
     assert predictions and all("/fold_all/" not in path for path in predictions.values())
     assert {os.path.basename(os.path.dirname(os.path.dirname(p))) for p in predictions.values()} == {"fold_0", "fold_1"}
     assert len(notes) == 1 and "fold_all ignored" in notes[0]
+
+
+def test_folds_without_cv_predictions_are_named_from_nnunets_splits(vessel_model, tmp_path):
+    model = read_model_folder(vessel_model.model_folder)
+    predictions = find_cv_predictions(model, lambda line: None)
+    cases = sorted(predictions)
+    two_folds = [{"train": [], "val": cases[:2]}, {"train": [], "val": cases[2:]}]
+    (tmp_path / "splits_final.json").write_text(json.dumps(two_folds))
+    assert partial_cv_note(model, predictions, str(tmp_path)) is None, "every fold of the split has predictions"
+    splits = [{"train": [], "val": cases}, {"train": [], "val": ["other_a"]}, {"train": [], "val": ["other_b"]}]
+    (tmp_path / "splits_final.json").write_text(json.dumps(splits))
+    note = partial_cv_note(model, predictions, str(tmp_path))
+    assert note.startswith(f"CV predictions of {len(cases)} of the {len(cases) + 2} training cases only")
+    assert " 2d 1 -tr" in note and " 2d 2 -tr" in note and " 2d 0 -tr" not in note
+    assert partial_cv_note(model, predictions, str(tmp_path / "absent")) is None
