@@ -32,6 +32,7 @@ class TrainConfig:
     topology_weight: float = 50.0
     corrupted_fraction: float = 0.25
     p_scale_rotate: float = 0.0
+    case_error_power: float = 0.0
     val_fraction: float = 0.2
     seed: int = 0
 
@@ -115,6 +116,7 @@ def check_config(config: TrainConfig, source: str) -> None:
     _check(c.grad_clip > 0, source, "grad_clip", c.grad_clip, "> 0")
     for name in ("corrupted_fraction", "p_scale_rotate"):
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
+    _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
 
 

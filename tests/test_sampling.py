@@ -5,7 +5,7 @@ import torch
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from rnca_nnunet.config import load_preset
-from rnca_nnunet.sampling import PatchSampler, intensity_augmentation
+from rnca_nnunet.sampling import PatchSampler, intensity_augmentation, topology_error_count
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
 from rnca_nnunet.train import train_refiner
@@ -68,3 +68,18 @@ def test_the_seed_fixes_a_training_even_after_numpy_was_used():
         losses.append(record.losses)
     # oneDNN's threaded sums differ in the last bits, which grow over iterations; other patches differ by percents
     np.testing.assert_allclose(losses[0][:3], losses[1][:3], rtol=1e-3)
+
+
+def test_cases_with_more_topology_errors_are_drawn_more_often():
+    cases = corrupted_cases("vessels2d", 3, seed=3)
+    cases[0].mask = cases[0].target.copy()  # a case without any error
+    counts = [topology_error_count(case, 2) for case in cases]
+    assert counts[0] == 0 and max(counts) > 0
+    uniform = PatchSampler(cases, 2, load_preset("vessels_2d", {"corrupted_fraction": 0.0}), np.random.default_rng(0))
+    assert uniform.case_probabilities is None, "the default draws cases uniformly"
+    config = load_preset("vessels_2d", {"corrupted_fraction": 0.0, "case_error_power": 0.5})
+    sampler = PatchSampler(cases, 2, config, np.random.default_rng(0))
+    expected = np.sqrt(1.0 + np.array(counts)) / np.sqrt(1.0 + np.array(counts)).sum()
+    np.testing.assert_allclose(sampler.case_probabilities, expected)
+    drawn = np.bincount([sampler.draw_case() for _ in range(3000)], minlength=len(cases)) / 3000
+    np.testing.assert_allclose(drawn, expected, atol=0.03)
