@@ -63,15 +63,14 @@ def topology_error_count(case: TrainingCase, ndim: int) -> int:
     return int(errors)
 
 
-def case_probabilities(error_counts: Sequence[int], power: float) -> Optional[np.ndarray]:
-    """How often each case is drawn: in proportion to (1 + its topology errors) ** power; None (uniform) at 0.
+def case_probabilities(error_counts: Sequence[int], power: float) -> np.ndarray:
+    """How often each case is drawn: in proportion to (1 + its topology errors) ** power.
 
     A failure that only a few training cases show is otherwise seen in a few percent of the patches: TopoMortar's
     pseudo labels miss long faint joints on one train wall of 40; drawn by sqrt(1 + errors) that wall gives 9.5%
     of the patches instead of 2.5% (a probe weighting by loop errors, 11.5%: val beta1 3.90 and 1.85 in two
-    trainings against 3.70-4.65; benchmarks/TOPOMORTAR.md). Off by default: no preset uses it yet."""
-    if power == 0:
-        return None
+    trainings against 3.70-4.65; as built, 2.70 in one; benchmarks/TOPOMORTAR.md). Off by default: no preset
+    uses it yet."""
     weights = (1.0 + np.asarray(error_counts, np.float64)) ** power
     return weights / weights.sum()
 
@@ -93,9 +92,10 @@ class PatchSampler:
         self.augment = Compose(transforms)
         self.intensity = intensity_augmentation()
         self.spatial = spatial_augmentation(self.patch, config.p_scale_rotate) if config.p_scale_rotate > 0 else None
-        self.case_probabilities = case_probabilities(
-            [topology_error_count(case, ndim) for case in self.cases] if config.case_error_power > 0 else [],
-            config.case_error_power)
+        self.case_probabilities: Optional[np.ndarray] = None  # None: cases drawn uniformly
+        if config.case_error_power > 0:
+            counts = [topology_error_count(case, ndim) for case in self.cases]
+            self.case_probabilities = case_probabilities(counts, config.case_error_power)
 
     def draw_case(self) -> int:
         """The index of the case the next patch comes from (see `case_probabilities`)."""
