@@ -120,8 +120,13 @@ def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], preprocesse
     splits_file = join(preprocessed_folder, "splits_final.json")
     if not isfile(splits_file):
         return None
-    splits = load_json(splits_file)
-    missing = [fold for fold, split in enumerate(splits) if not set(split["val"]) <= set(predictions)]
+    try:
+        splits = load_json(splits_file)
+        missing = [fold for fold, split in enumerate(splits) if not set(split["val"]) <= set(predictions)]
+    except (ValueError, TypeError, KeyError) as error:
+        raise InputError(f"{splits_file}: not nnU-Net's split file (a list of {{'train': [...], 'val': [...]}}; "
+                         f"{type(error).__name__}); restore it from the training that made the CV predictions "
+                         f"or delete it (nnU-Net writes a new one, which may split the cases differently)") from None
     if not missing:
         return None
     total = len({case for split in splits for case in split["val"]})

@@ -9,10 +9,12 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from rnca_nnunet.data import find_cv_predictions, partial_cv_note, read_model_folder
+from rnca_nnunet.errors import InputError
 from rnca_nnunet.refiner import RNCARefiner
 
 from conftest import TEST_TRAINER, NnunetModel
@@ -194,3 +196,7 @@ def test_folds_without_cv_predictions_are_named_from_nnunets_splits(vessel_model
     assert note.startswith(f"CV predictions of {len(cases)} of the {len(cases) + 2} training cases only")
     assert " 2d 1 -tr" in note and " 2d 2 -tr" in note and " 2d 0 -tr" not in note
     assert partial_cv_note(model, predictions, str(tmp_path / "absent")) is None
+    for damaged in ("[{\"train\": [], \"val\"", json.dumps([{"train": []}]), json.dumps({"val": cases})):
+        (tmp_path / "splits_final.json").write_text(damaged)
+        with pytest.raises(InputError, match="splits_final.json: not nnU-Net's split file"):
+            partial_cv_note(model, predictions, str(tmp_path))
