@@ -68,9 +68,8 @@ def case_probabilities(error_counts: Sequence[int], power: float) -> np.ndarray:
 
     A failure that only a few training cases show is otherwise seen in a few percent of the patches: TopoMortar's
     pseudo labels miss long faint joints on one train wall of 40; drawn by sqrt(1 + errors) that wall gives 9.5%
-    of the patches instead of 2.5% (a probe weighting by loop errors, 11.5%: val beta1 3.90 and 1.85 in two
-    trainings against 3.70-4.65; as built, 2.70 in one; benchmarks/TOPOMORTAR.md). Off by default: no preset
-    uses it yet."""
+    of the patches instead of 2.5%, and val beta1 was 2.25-3.95 in three trainings against 3.70-4.65 uniformly
+    (benchmarks/TOPOMORTAR.md). Off by default; the `mesh_2d` preset sets 0.5."""
     weights = (1.0 + np.asarray(error_counts, np.float64)) ** power
     return weights / weights.sum()
 
