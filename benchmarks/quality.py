@@ -17,7 +17,7 @@ import time
 from typing import List, Optional
 
 from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
-from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
+from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.data import read_model_folder
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.evaluate import COLUMNS, evaluate_folders
@@ -60,12 +60,10 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
 def add_cleanup_baseline(folders: dict, refiner: RNCARefiner, labels: List[int], out_folder: str,
                          file_ending: str) -> None:
     """The rNCA read-out's clean-up alone on the base masks, when the refiner uses one: shows what the rule adds."""
-    specks, holes = refiner.min_component_size, refiner.min_hole_size
-    if max(specks, holes) > 1:
-        folders[f"clean-up alone (specks < {specks}, holes < {holes})"] = out_folder
-        clean = lambda segmentation, labels: fill_small_holes(  # noqa: E731
-            remove_small_components(segmentation, labels, specks), holes, refiner.model.shape.ndim == 2)
-        apply_to_folder(clean, labels, folders["base"], out_folder, file_ending)
+    if refiner.clean_up != CleanUp():
+        folders[f"clean-up alone ({refiner.clean_up})"] = out_folder
+        apply_to_folder(lambda segmentation, _: refiner.clean_segmentation(segmentation), labels, folders["base"],
+                        out_folder, file_ending)
 
 
 def zero_shot(source: dict, target: dict, out: str, log) -> None:

@@ -1,11 +1,16 @@
-"""Label-map clean-up of the read-out (and, alone, a baseline): drop specks, fill pinholes.
+"""Label-map clean-up of the read-out (and, alone, a baseline): drop specks, fill pinholes and slivers.
 
 A rule that fills a gap from both ends can stop with a one-cell speck in the middle, and one that
 thickens a wall can leave a one-cell pinhole in it: each is a whole beta0 or beta1 error that a
-pixel loss barely sees. Sizes are chosen on the CV cases after training; 0 changes nothing.
+pixel loss barely sees. A rule can also open a long hole one or two cells thin along a dark line inside a
+thick wall (TopoMortar's shadowed joints): too large for an area bound that spares small real holes, but
+thinner than any real one. The three numbers are chosen on the CV cases after training (readout.py);
+0 changes nothing.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
 from typing import List, Tuple
 
 import cc3d
@@ -35,30 +40,96 @@ def _enclosed_holes(segmentation: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return holes, enclosed
 
 
+def _padded_boxes(holes: np.ndarray, wanted: np.ndarray):
+    """(index, box grown by one cell, the hole's cells in it) for every component index where `wanted`."""
+    for index, box in enumerate(ndimage.find_objects(holes), start=1):
+        if box is not None and wanted[index]:
+            box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+            yield index, box, holes[box] == index
+
+
+def _inscribed_radii(holes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Per component index: its largest distance in cells from a cell of the hole to the nearest cell outside
+    it (1 for a hole one or two cells thin, 1.41 for a diagonal one, 2 for one three cells thick); 0 where not
+    `wanted`. Distances are in cells of the rule's grid: the rule's steps are cells too."""
+    radii = np.zeros(len(wanted))
+    for index, box, cells in _padded_boxes(holes, wanted):
+        radii[index] = ndimage.distance_transform_edt(cells).max()
+    return radii
+
+
+def _per_slice(segmentation: np.ndarray, per_slice: bool) -> List[np.ndarray]:
+    return [s[None] for s in segmentation] if per_slice and segmentation.shape[0] > 1 else [segmentation]
+
+
 def hole_sizes(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
-    """Sizes in cells of the holes `fill_small_holes` would consider (per slice when `per_slice`)."""
-    if per_slice and segmentation.shape[0] > 1:
-        return np.concatenate([hole_sizes(s[None], False) for s in segmentation])
-    holes, enclosed = _enclosed_holes(segmentation)
-    return np.bincount(holes.ravel())[enclosed]
+    """Sizes in cells of the holes `fill_holes` would consider (per slice when `per_slice`)."""
+    sizes = []
+    for part in _per_slice(segmentation, per_slice):
+        holes, enclosed = _enclosed_holes(part)
+        sizes.append(np.bincount(holes.ravel())[enclosed])
+    return np.concatenate(sizes)
 
 
-def fill_small_holes(segmentation: np.ndarray, min_size: int, per_slice: bool) -> np.ndarray:
-    """Give background components smaller than `min_size` cells that touch no image border the label
-    around them most. (Z, Y, X) label maps; holes are 4/6-connected, per slice when `per_slice`
-    (a 2D rule's holes are slice holes; in the volume they are tunnels)."""
-    if min_size <= 1:
+def hole_radii(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
+    """Inscribed radii in cells of the holes `fill_holes` would consider, in `hole_sizes`' order."""
+    radii = []
+    for part in _per_slice(segmentation, per_slice):
+        holes, enclosed = _enclosed_holes(part)
+        radii.append(_inscribed_radii(holes, enclosed)[enclosed])
+    return np.concatenate(radii)
+
+
+def fill_holes(segmentation: np.ndarray, min_size: int, max_radius: float, per_slice: bool) -> np.ndarray:
+    """Give background components that touch no image border and are smaller than `min_size` cells, or no
+    thicker than `max_radius` (inscribed radius in cells), the label around them most. (Z, Y, X) label maps;
+    holes are 4/6-connected, per slice when `per_slice` (a 2D rule's holes are slice holes; in the volume
+    they are tunnels)."""
+    if min_size <= 1 and max_radius <= 0:
         return segmentation
     if per_slice and segmentation.shape[0] > 1:
-        return np.stack([fill_small_holes(s[None], min_size, False)[0] for s in segmentation])
+        return np.stack([fill_holes(s[None], min_size, max_radius, False)[0] for s in segmentation])
     holes, enclosed = _enclosed_holes(segmentation)
-    small = enclosed & (np.bincount(holes.ravel()) < min_size)
+    fill = enclosed & (np.bincount(holes.ravel()) < min_size)
+    if max_radius > 0:
+        thin = enclosed & ~fill
+        fill |= thin & (_inscribed_radii(holes, thin) <= max_radius)
     out = segmentation.copy()
-    for index, box in enumerate(ndimage.find_objects(holes), start=1):
-        if box is None or not small[index]:
-            continue
-        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
-        cells = holes[box] == index
+    for _, box, cells in _padded_boxes(holes, fill):
         around = segmentation[box][ndimage.binary_dilation(cells) & ~cells]
         out[box][cells] = np.bincount(around[around > 0]).argmax()
     return out
+
+
+@dataclass
+class CleanUp:
+    """The read-out's clean-up of a label map, its numbers chosen by readout.py and kept in rnca.json:
+    components smaller than `min_component_size` cells removed, holes smaller than `min_hole_size` cells or
+    no thicker than `max_hole_radius` cells filled. Zeros change nothing."""
+    min_component_size: int = 0
+    min_hole_size: int = 0
+    max_hole_radius: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> "CleanUp":
+        """The clean-up of an rnca.json (absent keys: 0, as refiners saved before a setting existed)."""
+        values = {name: config.get(name, 0) for name in asdict(cls())}
+        sizes = [values["min_component_size"], values["min_hole_size"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
+            raise TypeError(f"min_component_size/min_hole_size must be whole numbers >= 0, got {sizes}")
+        radius = values["max_hole_radius"]
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < math.inf:
+            raise TypeError(f"max_hole_radius must be a number of cells >= 0, got {radius!r}")
+        return cls(values["min_component_size"], values["min_hole_size"], float(radius))
+
+    def __call__(self, segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
+        """Clean a (Z, Y, X) label map; holes per slice when `per_slice` (a 2D rule)."""
+        if self.min_component_size <= 1 and self.min_hole_size <= 1 and self.max_hole_radius <= 0:
+            return segmentation
+        labels = [int(v) for v in np.unique(segmentation) if v > 0]
+        return fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
+                          self.min_hole_size, self.max_hole_radius, per_slice)
+
+    def __str__(self) -> str:
+        return (f"specks < {self.min_component_size}, holes < {self.min_hole_size}"
+                + (f" or radius <= {self.max_hole_radius:g}" if self.max_hole_radius > 0 else ""))

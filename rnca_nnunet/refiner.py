@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import asdict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rnca_nnunet.cleanup import fill_small_holes, remove_small_components
+from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import check_steps
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
@@ -58,8 +59,8 @@ class RNCARefiner:
     """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`."""
 
     def __init__(self, model: RNCA, semantics: LabelSemantics, normalisation: Normalisation, steps: int,
-                 trained_on: Dict, device: Optional[torch.device] = None, min_component_size: int = 0,
-                 min_hole_size: int = 0, transpose_forward: Sequence[int] = (0, 1, 2)):
+                 trained_on: Dict, device: Optional[torch.device] = None, clean_up: Optional[CleanUp] = None,
+                 transpose_forward: Sequence[int] = (0, 1, 2)):
         self.device = device or default_device()
         if self.device.type == "cpu":
             reuse_freed_memory()
@@ -68,8 +69,7 @@ class RNCARefiner:
         self.normalisation = normalisation
         self.steps = steps
         self.trained_on = trained_on
-        self.min_component_size = min_component_size
-        self.min_hole_size = min_hole_size
+        self.clean_up = clean_up or CleanUp()
         self.transpose_forward = list(transpose_forward)
         self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
         self.precision = default_precision(self.device)  # autocast dtype of the rule's convolutions; None: float32
@@ -102,9 +102,7 @@ class RNCARefiner:
             semantics.manager  # nnU-Net's LabelManager validates the label definition
             normalisation = Normalisation(**config["normalisation"])
             steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
-            read_out = [config.get(k, 0) for k in ("min_component_size", "min_hole_size")]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in read_out):
-                raise TypeError(f"min_component_size/min_hole_size must be whole numbers >= 0, got {read_out}")
+            clean_up = CleanUp.from_config(config)
             transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
         except (ValueError, KeyError, TypeError, AssertionError, AttributeError, InputError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -113,7 +111,7 @@ class RNCARefiner:
         weights = _load_weights(weights_path, shape)
         model = RNCA(shape)
         model.load_state_dict(weights)
-        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, *read_out,
+        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, clean_up,
                    transpose_forward=transpose_forward)
 
     def save(self, folder: str, extra_files: Sequence[str] = ()) -> None:
@@ -134,7 +132,7 @@ class RNCARefiner:
         return {"format_version": FORMAT_VERSION, "rule": vars(self.model.shape).copy(),
                 "labels": self.semantics.labels, "regions_class_order": self.semantics.regions_class_order,
                 "normalisation": vars(self.normalisation).copy(), "inference_steps": self.steps,
-                "min_component_size": self.min_component_size, "min_hole_size": self.min_hole_size,
+                **asdict(self.clean_up),
                 "transpose_forward": self.transpose_forward, "trained_on": self.trained_on}
 
     def check_compatible(self, model: ModelFolder) -> None:
@@ -191,13 +189,8 @@ class RNCARefiner:
         return array.transpose(lead + [len(lead) + int(a) for a in np.argsort(self.transpose_forward)])
 
     def clean_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        """A label map (Z, Y, X) without components smaller than `min_component_size` cells and with holes
-        smaller than `min_hole_size` cells filled (see cleanup.py); both sizes are chosen on the CV cases."""
-        if self.min_component_size <= 1 and self.min_hole_size <= 1:
-            return segmentation
-        labels = [int(v) for v in np.unique(segmentation) if v > 0]
-        return fill_small_holes(remove_small_components(segmentation, labels, self.min_component_size),
-                                self.min_hole_size, per_slice=self.model.shape.ndim == 2)
+        """A label map (Z, Y, X) after the read-out's `clean_up` (see cleanup.py), chosen on the CV cases."""
+        return self.clean_up(segmentation, per_slice=self.model.shape.ndim == 2)
 
     def read_out(self, probabilities: np.ndarray) -> np.ndarray:
         """In place: probabilities (C, Z, Y, X) whose last K channels hold the rule's mask are completed

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.errors import InputError
@@ -72,7 +73,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     losses: List[float] = []
     validations: List[ValidationResult] = []
     best_state, best_score = None, float("inf")
-    refiner.min_component_size = refiner.min_hole_size = CHECKPOINT_CLEAN_UP  # see CHECKPOINT_CLEAN_UP
+    refiner.clean_up = CleanUp(CHECKPOINT_CLEAN_UP, CHECKPOINT_CLEAN_UP)  # see CHECKPOINT_CLEAN_UP
     started = time.time()
     for iteration in tqdm(range(1, config.iterations + 1), desc="training rNCA", disable=not show_progress):
         model.train()
@@ -112,12 +113,11 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         model.load_state_dict(best_state)
     model.eval()
     final = None
-    refiner.min_component_size = refiner.min_hole_size = 0
+    refiner.clean_up = CleanUp()
     if val_cases:
         best = min(validations, key=lambda v: v.score)
         choose_read_out(refiner, [*train_cases, *val_cases], log, work_folder)
         final = validate(refiner, val_cases, best.iteration)
-        log(f"kept the checkpoint of iteration {best.iteration}, components of fewer than "
-            f"{refiner.min_component_size} cells removed, holes of fewer than {refiner.min_hole_size} "
-            f"cells filled: {summary_line(final)}")
+        log(f"kept the checkpoint of iteration {best.iteration}, read-out clean-up {refiner.clean_up}: "
+            f"{summary_line(final)}")
     return refiner, TrainingRecord(losses, validations, final)

@@ -124,13 +124,13 @@ def validate_shipped_rule_alone_and_clean_up_alone(refiner, cases, iteration: in
     The refiner is left as it was given."""
     import torch
 
+    from rnca_nnunet.cleanup import CleanUp
     from rnca_nnunet.validation import validate
 
     shipped = validate(refiner, cases, iteration)
-    sizes = refiner.min_component_size, refiner.min_hole_size
-    refiner.min_component_size = refiner.min_hole_size = 0
+    clean_up, refiner.clean_up = refiner.clean_up, CleanUp()
     rule_alone = validate(refiner, cases, iteration)
-    refiner.min_component_size, refiner.min_hole_size = sizes
+    refiner.clean_up = clean_up
     weights = refiner.model.update_out.weight.detach().clone()
     torch.nn.init.zeros_(refiner.model.update_out.weight)
     clean_up_alone = validate(refiner, cases, iteration)

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from rnca_nnunet.case_store import store_case
+from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.refiner import RNCARefiner
@@ -28,7 +29,7 @@ def test_stored_cases_sample_and_validate_like_cases_in_memory(tmp_path):
     model = RNCA(RuleShape(2, 1 + semantics.mask_channels, semantics.mask_channels, 4, 16))
     torch.nn.init.normal_(model.update_out.weight, std=0.1)
     refiner = RNCARefiner(model, semantics, Normalisation(["ZScoreNormalization"], {}), 8, {}, torch.device("cpu"),
-                          min_component_size=4, min_hole_size=4)
+                          clean_up=CleanUp(4, 4))
     in_memory = validate(refiner, cases, 0)
     on_disk = validate(refiner, stored, 0, refine_cases(refiner, stored, str(tmp_path / "maps")))
     assert in_memory.per_case == on_disk.per_case

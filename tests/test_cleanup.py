@@ -2,7 +2,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from rnca_nnunet.cleanup import fill_small_holes, hole_sizes, remove_small_components
+from rnca_nnunet.cleanup import CleanUp, fill_holes, hole_radii, hole_sizes, remove_small_components
 from rnca_nnunet.metrics import betti_numbers
 
 
@@ -29,20 +29,20 @@ def test_pinholes_are_filled_with_the_surrounding_label_but_big_and_open_backgro
     segmentation = ring_slices()
     segmentation[1, 32, 20] = 0  # a pinhole in the MYO wall of slice 1
     segmentation[:, 0:3, 0:3] = 0
-    filled = fill_small_holes(segmentation, min_size=4, per_slice=True)
+    filled = fill_holes(segmentation, min_size=4, max_radius=0, per_slice=True)
     assert (filled[:, 20, 20] == 1).all() and filled[1, 32, 20] == 2
     assert (filled[:, 0, 0] == 0).all() and (filled == 0).sum() == (segmentation == 0).sum() - 4
     assert betti_numbers(filled[1] == 2)[1] == 1, "the ring's own hole, filled by the LV, stays"
-    assert (fill_small_holes(segmentation, min_size=1, per_slice=True) == segmentation).all()
+    assert (fill_holes(segmentation, min_size=1, max_radius=0, per_slice=True) == segmentation).all()
 
 
 def test_holes_of_a_volume_are_cavities_unless_taken_per_slice():
     segmentation = ring_slices(depth=5)
     segmentation[0] = segmentation[-1] = 0  # the LV hole runs through the volume's slices: a tunnel in 3D
     segmentation[2, 20, 20] = 1  # ... closed in the middle slice
-    as_volume = fill_small_holes(segmentation, min_size=4, per_slice=False)
+    as_volume = fill_holes(segmentation, min_size=4, max_radius=0, per_slice=False)
     assert as_volume[1, 20, 20] == 0, "a tunnel to the outside is not a hole of the volume"
-    assert fill_small_holes(segmentation, min_size=4, per_slice=True)[1, 20, 20] == 1
+    assert fill_holes(segmentation, min_size=4, max_radius=0, per_slice=True)[1, 20, 20] == 1
 
 
 def brick_wall(brick: int, count: int) -> np.ndarray:
@@ -55,20 +55,36 @@ def brick_wall(brick: int, count: int) -> np.ndarray:
     return wall
 
 
-def test_hole_sizes_are_the_holes_fill_small_holes_sees():
+def test_hole_sizes_are_the_holes_fill_holes_sees():
     wall = brick_wall(5, 3)
     wall[0, 0, 3] = 0  # opens a border brick: it is no hole
     sizes = hole_sizes(wall, per_slice=True)
     assert sorted(sizes.tolist()) == [25] * 8
-    assert (fill_small_holes(wall, 26, True)[0] == 1).sum() == wall.size - 25 - 1
+    assert (fill_holes(wall, 26, 0, True)[0] == 1).sum() == wall.size - 25 - 1
+
+
+def one_case(prediction: np.ndarray, label: np.ndarray):
+    """A CV case of a one-label (mortar) map, with a blank image."""
+    from rnca_nnunet.data import TrainingCase
+
+    as_mask = lambda m: np.stack([m == 1, np.zeros_like(m, bool)]).astype(np.float32)  # noqa: E731
+    return [TrainingCase("wall", np.zeros((1, *label.shape), np.float32), as_mask(prediction), as_mask(label),
+                         np.ones(label.shape, np.float32), (1.0, 1.0, 1.0))]
+
+
+def identity_refiner():
+    """A 2D refiner whose rule keeps every mask: what the read-out does is all that changes."""
+    from test_refiner import random_refiner
+
+    refiner = random_refiner(2)
+    refiner.model.update_out.weight.data.zero_()
+    return refiner
 
 
 def test_the_read_out_never_fills_holes_the_size_of_the_labels_own():
     """A fill of holes < 32 cells would pay here (six 20-cell spurious holes closed, two 25-cell bricks lost),
     but test walls may hold many more small bricks: the search stops below the labels' small holes."""
-    from rnca_nnunet.data import TrainingCase
     from rnca_nnunet.readout import choose_read_out
-    from test_refiner import random_refiner
 
     wall = brick_wall(12, 5)
     label = np.concatenate([wall, np.ones((1, 14, wall.shape[2]), np.uint8)], 1)  # a solid band of mortar below
@@ -76,12 +92,64 @@ def test_the_read_out_never_fills_holes_the_size_of_the_labels_own():
     prediction = label.copy()
     for x in range(14, 46, 6):
         prediction[0, 69:73, x:x + 5] = 0  # six spurious holes of 20 cells
-    refiner = random_refiner(2)
-    refiner.model.update_out.weight.data.zero_()  # the identity: what the read-out does is all that changes
-    as_mask = lambda m: np.stack([m == 1, np.zeros_like(m, bool)]).astype(np.float32)  # noqa: E731
-    cases = [TrainingCase("wall", np.zeros((1, *label.shape), np.float32), as_mask(prediction), as_mask(label),
-                          np.ones(label.shape, np.float32), (1.0, 1.0, 1.0))]
+    refiner = identity_refiner()
     assert sorted(hole_sizes(prediction, True))[:8] == [20] * 6 + [25] * 2
-    choose_read_out(refiner, cases, log=lambda line: None)
-    assert refiner.min_hole_size <= 25, "a fill of holes the size of the small bricks fills real bricks"
+    choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
+    assert refiner.clean_up.min_hole_size <= 25, "a fill of holes the size of the small bricks fills real bricks"
     assert (refiner.clean_segmentation(prediction)[0, 70:75, 5:10] == 0).all()
+
+
+def test_thin_holes_are_filled_by_thickness_whatever_their_area():
+    segmentation = np.ones((2, 30, 60), np.uint8)
+    segmentation[:, 3:5, 3:57] = 0  # a sliver two cells thin and 108 cells long: radius 1
+    for i in range(12):
+        segmentation[:, 6 + i, 19 + i:22 + i] = 0  # a diagonal sliver three cells wide per row: radius 1.41
+    segmentation[:, 20:23, 5:8] = 0  # a 3 x 3 brick: radius 2
+    segmentation[:, 20:25, 20:25] = 0  # a 5 x 5 brick: radius 3
+    segmentation[:, 27:30, 40:50] = 0  # open to the border: no hole
+    assert sorted(np.round(hole_radii(segmentation, True), 2).tolist()) == [1.0, 1.0, 1.41, 1.41, 2, 2, 3, 3]
+    filled = fill_holes(segmentation, min_size=0, max_radius=1.5, per_slice=True)
+    assert (filled[:, 3:5, 3:57] == 1).all() and (filled[:, 6:18, 19:34] == 1).all()
+    assert (filled[:, 20:23, 5:8] == 0).all() and (filled[:, 20:25, 20:25] == 0).all()
+    assert (filled[:, 27:30, 40:50] == 0).all()
+    assert (fill_holes(segmentation, 0, 1.0, True)[:, 6:18, 19:34] == 0).sum() == 2 * 36, "1.41 > 1: kept"
+    assert (CleanUp(0, 0, 2.0)(segmentation, True)[:, 20:23, 5:8] == 1).all()
+
+
+def sliver_wall(real_thin_holes: bool):
+    """(prediction, label): a brick wall (25 bricks of 144 cells) above a band of mortar in which the
+    prediction has three spurious slivers of 120 cells, two cells thin (too large for any size the area search
+    may try); with `real_thin_holes` the label and the prediction also share two real holes that thin."""
+    wall = brick_wall(12, 5)
+    label = np.concatenate([wall, np.ones((1, 14, wall.shape[2]), np.uint8)], 1)
+    if real_thin_holes:
+        label[0, 77:79, 5:15] = label[0, 77:79, 30:40] = 0
+    prediction = label.copy()
+    for y in (67, 70, 73):
+        prediction[0, y:y + 2, 3:63] = 0
+    return prediction, label
+
+
+def test_the_read_out_fills_slivers_thinner_than_the_labels_own_holes():
+    from rnca_nnunet.readout import choose_read_out
+
+    refiner = identity_refiner()
+    prediction, label = sliver_wall(real_thin_holes=False)
+    choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
+    assert refiner.clean_up.min_hole_size <= 64 and 1 <= refiner.clean_up.max_hole_radius < 6
+    cleaned = refiner.clean_segmentation(prediction)
+    assert (cleaned[0, 66:80] == 1).all() and sorted(hole_sizes(cleaned, True)) == [144] * 25
+
+
+def test_the_read_out_never_fills_holes_as_thin_as_the_labels_own():
+    """Filling would pay here (three slivers closed, two real thin holes lost), but test images may hold many
+    more real thin holes: the search stops below the thinnest 1% of the labels' holes."""
+    from rnca_nnunet.readout import choose_read_out
+
+    refiner = identity_refiner()
+    prediction, label = sliver_wall(real_thin_holes=True)
+    lines = []
+    choose_read_out(refiner, one_case(prediction, label), log=lines.append)
+    assert refiner.clean_up.max_hole_radius == 0, "a fill of holes as thin as the label's fills real holes"
+    assert (refiner.clean_segmentation(prediction)[0, 77:79, 5:15] == 0).all()
+    assert "max_hole_radius 1 not tried: 1% of the labels' holes are at most 1.00 cells thick" in lines

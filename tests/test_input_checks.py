@@ -39,6 +39,8 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c["rule"].update(hidden_channels=100_000_000), "hidden_channels = 100000000 must be"),
     (lambda c: c["rule"].update(update_width="96"), "update_width = '96' must be"),
     (lambda c: c.update(min_hole_size=-1), "min_component_size/min_hole_size"),
+    (lambda c: c.update(max_hole_radius="1.5"), "max_hole_radius must be a number"),
+    (lambda c: c.update(max_hole_radius=-1), "max_hole_radius must be a number"),
     (lambda c: c.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
     (lambda c: c.pop("labels"), "labels"),
 ])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.model import RNCA, RuleShape
@@ -49,10 +50,10 @@ def test_tiled_refinement_equals_untiled(ndim, shape, plan):
 
 def test_save_and_load_round_trip(tmp_path):
     refiner = random_refiner(2)
-    refiner.min_component_size, refiner.min_hole_size = 4, 8
+    refiner.clean_up = CleanUp(4, 8, 1.5)
     refiner.save(str(tmp_path / "rnca"))
     loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
-    assert (loaded.min_component_size, loaded.min_hole_size) == (4, 8)
+    assert loaded.clean_up == CleanUp(4, 8, 1.5)
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
     b, seg_b, _ = loaded.refine(image, probabilities)
@@ -107,7 +108,7 @@ def test_stable_masks_stop_early():
 
 def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
     refiner = random_refiner(2)
-    refiner.min_component_size, refiner.min_hole_size = 3, 2
+    refiner.clean_up = CleanUp(3, 2)
     mask = np.zeros((2, 1, 12, 12), np.float32)
     mask[0, 0, 1:5, 1:5] = 0.9  # LV block of 16 cells with a one-cell pinhole: kept, hole filled
     mask[0, 0, 2, 2] = 0.1
@@ -120,7 +121,7 @@ def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
                                                np.concatenate([1 - mask.sum(0, keepdims=True), mask]), steps=1)
     np.testing.assert_array_equal(written, segmentation)
     np.testing.assert_array_equal(probabilities.argmax(0), segmentation, "probabilities agree with the labels")
-    refiner.min_component_size, refiner.min_hole_size = 2, 0
+    refiner.clean_up = CleanUp(2, 0)
     assert (refiner.segment(mask) == 2).sum() == 2 and refiner.segment(mask)[0, 2, 2] == 0
 
 
