@@ -28,6 +28,7 @@ from rnca_nnunet.demo import nnunet_environment, train_base_model
 from rnca_nnunet.evaluate import evaluate_folders
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.state import LabelSemantics, Normalisation, probabilities_from_mask
 from rnca_nnunet.topomortar import IMPERFECT, convert, imperfect_label_cases
 from rnca_nnunet.train import train_refiner
@@ -60,11 +61,13 @@ def published_table() -> str:
 def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Optional[int]) -> str:
     """Train on the train split's (imperfect, accurate) pairs, write every method's val-split masks; a table."""
     semantics, normalisation = LabelSemantics({"background": 0, "mortar": 1}), Normalisation(["ZScoreNormalization"] * 3, {})
-    train_cases, val_cases = split_cases(imperfect_label_cases(folder, "Tr", kind, normalisation), 0.2, 0)
     overrides = {"corrupted_fraction": 0.0}
     if iterations:
         overrides.update(iterations=iterations, validate_every=max(1, iterations // 15))
     config = load_preset(PRESET, overrides)
+    cases = imperfect_label_cases(folder, "Tr", kind, normalisation)
+    counts = [topology_error_count(case, 2) for case in cases] if config.holdout_by_errors else None
+    train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed, counts)
     refiner, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
                                   torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False)
     folders = {"base": os.path.join(folder, f"labelsTs_{kind}"),

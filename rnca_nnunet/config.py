@@ -34,6 +34,7 @@ class TrainConfig:
     p_scale_rotate: float = 0.0
     case_error_power: float = 0.0
     val_fraction: float = 0.2
+    holdout_by_errors: bool = False
     seed: int = 0
 
 
@@ -93,6 +94,8 @@ def check_config(config: TrainConfig, source: str) -> None:
             _check(isinstance(value, (list, tuple)) and len(value) in (2, 3)
                    and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 1024 for v in value),
                    source, f.name, value, "2 or 3 whole numbers from 8 to 1024")
+        elif isinstance(f.default, bool):
+            _check(isinstance(value, bool), source, f.name, value, "true or false")
         elif isinstance(f.default, int):
             _check(isinstance(value, int) and not isinstance(value, bool), source, f.name, value, "a whole number")
         else:

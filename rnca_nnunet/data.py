@@ -121,15 +121,17 @@ def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], preprocesse
     if not isfile(splits_file):
         return None
     try:
-        splits = load_json(splits_file)
-        missing = [fold for fold, split in enumerate(splits) if not set(split["val"]) <= set(predictions)]
+        folds = [split["val"] for split in load_json(splits_file)]
+        if not all(isinstance(cases, list) and all(isinstance(case, str) for case in cases) for cases in folds):
+            raise TypeError("a 'val' entry is not a list of case names")
+        missing = [fold for fold, cases in enumerate(folds) if not set(cases) <= set(predictions)]
     except (ValueError, TypeError, KeyError) as error:
         raise InputError(f"{splits_file}: not nnU-Net's split file (a list of {{'train': [...], 'val': [...]}}; "
                          f"{type(error).__name__}); restore it from the training that made the CV predictions "
                          f"or delete it (nnU-Net writes a new one, which may split the cases differently)") from None
     if not missing:
         return None
-    total = len({case for split in splits for case in split["val"]})
+    total = len({case for cases in folds for case in cases})
     return (f"CV predictions of {len(predictions)} of the {total} training cases only: the rule learns only the "
             f"errors of these cases; for every case run first: "
             + "; ".join(model.validation_command(fold) for fold in missing))

@@ -19,6 +19,7 @@ from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_cas
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.pictures import plot_progress
 from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
+from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
 from rnca_nnunet.validation import split_cases
 
@@ -85,7 +86,8 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
         store = os.path.join(staging, "cases")  # one case in memory at a time, here and in training
         cases = [store_case(load_training_case(model, npz, images_folder, labels_folder), store, model.ndim)
                  for npz in predictions.values()]
-        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+        counts = [topology_error_count(case, model.ndim) for case in cases] if config.holdout_by_errors else None
+        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed, counts)
         log(f"rNCA training on {model.path}: {len(train_cases)} training and {len(val_cases)} held-out cases, "
             f"device {device}, config {json.dumps(config_to_dict(config))}")
         trained_on = {"dataset": model.dataset_name, "configuration": model.configuration,

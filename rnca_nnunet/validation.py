@@ -16,10 +16,20 @@ from rnca_nnunet.state import segmentation_from_mask
 NEWLY_BROKEN_WEIGHT = 1.0  # breaking every intact structure costs as much as leaving every error in place
 
 
-def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -> Tuple[List, List]:
-    """Hold out a fraction of cases (at least one when there are two or more) for checkpoint selection."""
-    order = np.random.default_rng(seed).permutation(len(cases))
+def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int,
+                error_counts: Optional[Sequence[int]] = None) -> Tuple[List, List]:
+    """Hold out a fraction of cases (at least one when there are two or more) for checkpoint selection.
+
+    With `error_counts` (each case's base topology errors) one case is drawn from each of as many equal
+    strata of the cases ranked by errors, so the held-out cases span the worst to the best bases: ten
+    TopoMortar walls drawn at random held no merged brick at all, and checkpoints tied on them."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(cases))
     n_val = min(max(1, round(val_fraction * len(cases))), len(cases) - 1) if len(cases) > 1 else 0
+    if error_counts is not None and n_val:
+        ranked = order[np.argsort(np.asarray(error_counts)[order], kind="stable")]  # ties in random order
+        held = {int(rng.choice(stratum)) for stratum in np.array_split(ranked, n_val)}
+        order = np.array([*sorted(held), *(i for i in range(len(cases)) if i not in held)])
     return [cases[i] for i in order[n_val:]], [cases[i] for i in order[:n_val]]
 
 

@@ -1,6 +1,7 @@
-"""The held-out score that picks the checkpoint and the read-out sizes must not let repairs pay for breakage."""
+"""The held-out cases and the score that pick the checkpoint and the read-out sizes: they must span the
+bases, and the score must not let repairs pay for breakage."""
 from rnca_nnunet.metrics import mean_metrics
-from rnca_nnunet.validation import ValidationResult
+from rnca_nnunet.validation import ValidationResult, split_cases
 
 
 def result(before_errors, after_errors):
@@ -26,3 +27,16 @@ def test_a_checkpoint_that_breaks_an_intact_case_loses_to_one_that_repairs_less(
 def test_without_intact_cases_the_score_is_the_share_of_errors_left():
     assert result([2, 4], [1, 2]).newly_broken_share == 0.0
     assert abs(result([2, 4], [1, 2]).score - (1.5 + 1) / (3 + 1)) < 1e-9
+
+
+def test_held_out_cases_span_the_bases_from_worst_to_best_when_errors_are_given():
+    errors = [(7 * i) % 50 for i in range(50)]  # every count 0..49 once, in shuffled order
+    cases = [f"case{i}" for i in range(50)]
+    for seed in range(5):
+        train, held = split_cases(cases, 0.2, seed, errors)
+        counts = sorted(errors[cases.index(c)] for c in held)
+        assert len(held) == 10 and sorted(train + held) == sorted(cases)
+        assert all(5 * k <= count < 5 * (k + 1) for k, count in enumerate(counts)), counts
+    random_draws = [sorted(errors[cases.index(c)] for c in split_cases(cases, 0.2, seed)[1]) for seed in range(20)]
+    assert any(draw[-1] < 45 or draw[0] >= 5 for draw in random_draws), "a random draw can miss the extremes"
+    assert split_cases(cases, 0.2, 3, errors) == split_cases(cases, 0.2, 3, errors)

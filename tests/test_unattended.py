@@ -196,7 +196,8 @@ def test_folds_without_cv_predictions_are_named_from_nnunets_splits(vessel_model
     assert note.startswith(f"CV predictions of {len(cases)} of the {len(cases) + 2} training cases only")
     assert " 2d 1 -tr" in note and " 2d 2 -tr" in note and " 2d 0 -tr" not in note
     assert partial_cv_note(model, predictions, str(tmp_path / "absent")) is None
-    for damaged in ("[{\"train\": [], \"val\"", json.dumps([{"train": []}]), json.dumps({"val": cases})):
+    for damaged in ("[{\"train\": [], \"val\"", json.dumps([{"train": []}]), json.dumps({"val": cases}),
+                    json.dumps([{"train": [], "val": cases[0]}])):
         (tmp_path / "splits_final.json").write_text(damaged)
         with pytest.raises(InputError, match="splits_final.json: not nnU-Net's split file"):
             partial_cv_note(model, predictions, str(tmp_path))
