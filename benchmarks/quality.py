@@ -62,8 +62,8 @@ def add_cleanup_baseline(folders: dict, refiner: RNCARefiner, labels: List[int],
     """The rNCA read-out's clean-up alone on the base masks, when the refiner uses one: shows what the rule adds."""
     if refiner.clean_up != CleanUp():
         folders[f"clean-up alone ({refiner.clean_up})"] = out_folder
-        apply_to_folder(lambda segmentation, _: refiner.clean_segmentation(segmentation), labels, folders["base"],
-                        out_folder, file_ending)
+        apply_to_folder(lambda segmentation, _: refiner.clean_segmentation(segmentation, segmentation), labels,
+                        folders["base"], out_folder, file_ending)
 
 
 def zero_shot(source: dict, target: dict, out: str, log) -> None:

@@ -80,10 +80,15 @@ def train_entry_point() -> None:
     parser.add_argument("--folds", nargs="+", type=int, default=None, help="use these folds' CV predictions only")
     parser.add_argument("--val_fraction", type=float, default=None, help="share of cases held out (default 0.2)")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's training iterations")
+    parser.add_argument("--keep_base_loops", action="store_true",
+                        help="never remove a wall of nnU-Net's mask (for bases whose loops are right and outlines "
+                             "are not, such as near-correct labels)")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))
     overrides = {k: v for k, v in (("val_fraction", args.val_fraction), ("iterations", args.iterations)) if v is not None}
+    if args.keep_base_loops:
+        overrides["keep_base_loops"] = True
     if "iterations" in overrides:
         overrides["validate_every"] = max(1, args.iterations // 10)
     config = load_preset(args.preset or ("vessels_2d" if model.ndim == 2 else "default_3d"), overrides)

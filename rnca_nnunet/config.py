@@ -35,6 +35,7 @@ class TrainConfig:
     case_error_power: float = 0.0
     val_fraction: float = 0.2
     holdout_by_errors: bool = False
+    keep_base_loops: bool = False
     seed: int = 0
 
 

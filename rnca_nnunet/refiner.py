@@ -170,7 +170,9 @@ class RNCARefiner:
         rule_axes = self.to_rule_axes(refined)
         _, used = self.refine_context(self.rule_context(image, probabilities), steps, stop_when_stable,
                                       out=rule_axes[-self.semantics.mask_channels:])
-        return refined, self.from_rule_axes(self.read_out(rule_axes)), used
+        base = segmentation_from_probabilities(self.to_rule_axes(probabilities), self.semantics) \
+            if self.clean_up.keep_base_loops else None
+        return refined, self.from_rule_axes(self.read_out(rule_axes, base)), used
 
     def rule_context(self, image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """Raw image + nnU-Net probabilities -> the rule's context (I + K, ...) in the rule's axis order."""
@@ -188,16 +190,17 @@ class RNCARefiner:
         lead = list(range(array.ndim - 3))
         return array.transpose(lead + [len(lead) + int(a) for a in np.argsort(self.transpose_forward)])
 
-    def clean_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        """A label map (Z, Y, X) after the read-out's `clean_up` (see cleanup.py), chosen on the CV cases."""
-        return self.clean_up(segmentation, per_slice=self.model.shape.ndim == 2)
+    def clean_segmentation(self, segmentation: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
+        """A label map (Z, Y, X) after the read-out's `clean_up` (see cleanup.py), chosen on the CV cases;
+        `base` is the label map the rule refined (needed when the clean-up keeps the base's loops)."""
+        return self.clean_up(segmentation, self.model.shape.ndim == 2, base)
 
-    def read_out(self, probabilities: np.ndarray) -> np.ndarray:
+    def read_out(self, probabilities: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
         """In place: probabilities (C, Z, Y, X) whose last K channels hold the rule's mask are completed
         (`complete_probabilities`) and made to agree with `clean_segmentation`'s labels; returns those labels."""
         complete_probabilities(probabilities, self.semantics)
         segmentation = segmentation_from_probabilities(probabilities, self.semantics)
-        cleaned = self.clean_segmentation(segmentation)
+        cleaned = self.clean_segmentation(segmentation, base)
         if cleaned is not segmentation:
             changed = cleaned != segmentation
             probabilities[:, changed] = probabilities_from_mask(target_from_label(cleaned[changed], self.semantics)[0],

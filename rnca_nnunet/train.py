@@ -73,7 +73,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     losses: List[float] = []
     validations: List[ValidationResult] = []
     best_state, best_score = None, float("inf")
-    refiner.clean_up = CleanUp(CHECKPOINT_CLEAN_UP, CHECKPOINT_CLEAN_UP)  # see CHECKPOINT_CLEAN_UP
+    refiner.clean_up = CleanUp(CHECKPOINT_CLEAN_UP, CHECKPOINT_CLEAN_UP, keep_base_loops=config.keep_base_loops)
     started = time.time()
     for iteration in tqdm(range(1, config.iterations + 1), desc="training rNCA", disable=not show_progress):
         model.train()
@@ -113,7 +113,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         model.load_state_dict(best_state)
     model.eval()
     final = None
-    refiner.clean_up = CleanUp()
+    refiner.clean_up = CleanUp(keep_base_loops=config.keep_base_loops)
     if val_cases:
         best = min(validations, key=lambda v: v.score)
         choose_read_out(refiner, [*train_cases, *val_cases], log, work_folder)

@@ -93,8 +93,8 @@ def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int
         reference = segmentation_from_mask(case.target, semantics)
         ignored = np.asarray(case.valid) == 0  # the ignore label is scored nowhere, as in nnU-Net's evaluation
         entry = {"case": case.name, "steps": steps}
-        for key, segmentation in (("before", segmentation_from_mask(case.mask, semantics)),
-                                  ("after", refiner.clean_segmentation(raw))):
+        before = segmentation_from_mask(case.mask, semantics)
+        for key, segmentation in (("before", before), ("after", refiner.clean_segmentation(raw, before))):
             entry[key] = case_metrics(np.where(ignored, 0, segmentation), reference, case.spacing, semantics.classes)
         per_case.append(entry)
     return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),

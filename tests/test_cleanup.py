@@ -2,7 +2,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from rnca_nnunet.cleanup import CleanUp, fill_holes, hole_radii, hole_sizes, remove_small_components
+from rnca_nnunet.cleanup import CleanUp, fill_holes, hole_radii, hole_sizes, keep_base_loops, remove_small_components
 from rnca_nnunet.metrics import betti_numbers
 
 
@@ -153,3 +153,18 @@ def test_the_read_out_never_fills_holes_as_thin_as_the_labels_own():
     assert refiner.clean_up.max_hole_radius == 0, "a fill of holes as thin as the label's fills real holes"
     assert (refiner.clean_segmentation(prediction)[0, 77:79, 5:15] == 0).all()
     assert "max_hole_radius 1 not tried: 1% of the labels' holes are at most 1.00 cells thick" in lines
+
+
+def test_walls_of_the_base_come_back_where_the_rule_removed_them_and_added_walls_stay():
+    base = np.repeat(brick_wall(5, 3), 2, axis=0)  # two slices of 9 bricks
+    refined = base.copy()
+    refined[:, 1:6, 6] = 0  # the joint between bricks 0 and 1 removed: a loop lost
+    refined[:, 0, 14:17] = 0  # a border brick opened to the outside: a loop lost
+    refined[:, 9, 7:12] = 1  # a wall added across brick 4: kept
+    refined[1, 13:18, 6], refined[1, 13:18, 5] = 0, 1  # slice 1 only: a joint moved one cell to the left
+    kept = keep_base_loops(refined, base, per_slice=True)
+    assert (kept[:, 1:6, 6] == 1).all() and (kept[:, 0, 14:17] == 1).all()
+    assert (kept[:, 9, 7:12] == 1).all(), "an added wall is the rule's to add"
+    assert (kept[1, 13:18, 6] == 0).all() and (kept[1, 13:18, 5] == 1).all(), "a moved wall loses no loop"
+    assert len(hole_sizes(kept, True)) == len(hole_sizes(base, True)) + 2
+    assert (CleanUp(keep_base_loops=True)(refined, True, base) == kept).all()

@@ -41,6 +41,7 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c.update(min_hole_size=-1), "min_component_size/min_hole_size"),
     (lambda c: c.update(max_hole_radius="1.5"), "max_hole_radius must be a number"),
     (lambda c: c.update(max_hole_radius=-1), "max_hole_radius must be a number"),
+    (lambda c: c.update(keep_base_loops="yes"), "keep_base_loops must be true or false"),
     (lambda c: c.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
     (lambda c: c.pop("labels"), "labels"),
 ])

@@ -50,10 +50,10 @@ def test_tiled_refinement_equals_untiled(ndim, shape, plan):
 
 def test_save_and_load_round_trip(tmp_path):
     refiner = random_refiner(2)
-    refiner.clean_up = CleanUp(4, 8, 1.5)
+    refiner.clean_up = CleanUp(4, 8, 1.5, keep_base_loops=True)
     refiner.save(str(tmp_path / "rnca"))
     loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
-    assert loaded.clean_up == CleanUp(4, 8, 1.5)
+    assert loaded.clean_up == CleanUp(4, 8, 1.5, keep_base_loops=True)
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
     b, seg_b, _ = loaded.refine(image, probabilities)
@@ -193,3 +193,26 @@ def test_only_the_reachable_region_runs_and_the_result_is_unchanged(ndim, shape)
 def test_glibc_accepts_the_rollouts_malloc_thresholds():
     """glibc accepts both thresholds (a wrong parameter number makes mallopt return 0)."""
     assert reuse_freed_memory()
+
+
+def test_a_refiner_that_keeps_the_base_loops_never_joins_two_background_regions_of_the_base():
+    import cc3d
+
+    from rnca_nnunet.cleanup import CleanUp
+
+    def joined_regions(segmentation, base):
+        ours, theirs = (cc3d.connected_components(m[0] == 0, connectivity=4) for m in (segmentation, base))
+        both = (ours > 0) & (theirs > 0)
+        pairs = np.unique(np.stack([ours[both], theirs[both]], 1), axis=0)
+        return int((np.bincount(pairs[:, 0]) > 1).sum())
+
+    refiner = random_refiner(2)
+    torch.nn.init.normal_(refiner.model.update_out.weight, std=1.0)  # a rule that rewrites much of the mask
+    image, probabilities = random_case((1, 48, 48), seed=3)
+    base = probabilities.argmax(0)
+    _, free, _ = refiner.refine(image, probabilities)
+    assert joined_regions(free, base) > 0, "the rule must remove walls for the test to mean anything"
+    refiner.clean_up = CleanUp(keep_base_loops=True)
+    refined, kept, _ = refiner.refine(image, probabilities)
+    assert joined_regions(kept, base) == 0
+    np.testing.assert_array_equal(refined.argmax(0), kept, "probabilities agree with the labels")
