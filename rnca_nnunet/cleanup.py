@@ -6,7 +6,7 @@ pixel loss barely sees. A rule can also open a long hole one or two cells thin a
 thick wall (TopoMortar's shadowed joints): too large for an area bound that spares small real holes, but
 thinner than any real one. The three numbers are chosen on the CV cases after training (readout.py);
 0 changes nothing. On bases whose loops are already right (near-correct labels) the read-out can also keep
-every wall of the base: a setting of the training, since no search on the CV cases can tell it is needed.
+the base's loops: a setting of the training, since no search on the CV cases can tell it is needed.
 """
 from __future__ import annotations
 
@@ -102,25 +102,47 @@ def fill_holes(segmentation: np.ndarray, min_size: int, max_radius: float, per_s
     return out
 
 
-def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool) -> np.ndarray:
-    """Give back `base`'s labels inside every background component of `segmentation` that joins two or more
-    background components of `base`: walls may move or be added, never removed, so no loop of the base is lost.
-
-    For bases whose loops are right: on TopoMortar's noisy labels (beta1 error 0.30) a rule trained on the
-    train walls broke thin joints of the val walls (0.60-0.65, a third of the intact walls broken), and
-    neither its CV cases nor its held-out ones showed it. (Z, Y, X) label maps, components as in `fill_holes`."""
-    if per_slice and segmentation.shape[0] > 1:
-        return np.stack([keep_base_loops(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
-    frame = [(1, 1) if n > 1 else (0, 0) for n in segmentation.shape]  # the outside: one background region
+def background_regions(segmentation: np.ndarray, base: np.ndarray):
+    """Background components (6-connected; the image's outside is one region) of a label map and of its base,
+    cropped to the image, and per component index how many of the other map's it overlaps."""
+    frame = [(1, 1) if n > 1 else (0, 0) for n in segmentation.shape]
     inner = tuple(slice(p, n + p) for (p, _), n in zip(frame, segmentation.shape))
     ours, theirs = (cc3d.connected_components(np.pad(m == 0, frame, constant_values=True), connectivity=6)
                     for m in (segmentation, base))
     both = (ours > 0) & (theirs > 0)
     pairs = np.unique(np.stack([ours[both], theirs[both]], 1), axis=0)
-    joins = np.flatnonzero(np.bincount(pairs[:, 0], minlength=int(ours.max()) + 1) > 1)
-    restore = np.isin(ours[inner], joins) & (base > 0)
+    return (ours[inner], theirs[inner], np.bincount(pairs[:, 0], minlength=int(ours.max()) + 1),
+            np.bincount(pairs[:, 1], minlength=int(theirs.max()) + 1))
+
+
+def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool) -> np.ndarray:
+    """Make the background regions of `segmentation` match `base`'s one to one, so that it has every loop of
+    the base and no other: where one region joins two of the base's, the base's labels come back in it (a wall
+    the rule removed); where a base region is covered or split, its background comes back (a brick filled, a
+    wall added across one); a region inside the base's foreground gets the base's labels (a hole opened).
+    Every other change stays: walls may move, thicken and thin.
+
+    For bases whose loops are right: on TopoMortar's noisy labels (beta1 error 0.30) a rule trained on the
+    train walls broke thin joints of the val walls (0.60-0.70, a third of the intact walls broken), and
+    neither its CV cases nor its held-out ones showed it. (Z, Y, X) label maps, components as in `fill_holes`."""
+    if per_slice and segmentation.shape[0] > 1:
+        return np.stack([keep_base_loops(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
     out = segmentation.copy()
-    out[restore] = base[restore]
+    for _ in range(8):  # a cleared brick can reach a moved wall's old place: repeat until nothing changes
+        before = out.copy()
+        ours, _, ours_meets, _ = background_regions(out, base)
+        joined = (ours_meets > 1)[ours] & (base > 0)
+        out[joined] = base[joined]
+        ours, theirs, _, theirs_meets = background_regions(out, base)
+        wrong = theirs_meets != 1
+        wrong[0] = False
+        out[wrong[theirs] & (out > 0)] = 0
+        ours, _, ours_meets, _ = background_regions(out, base)
+        opened = ours_meets == 0
+        opened[0] = False
+        out[opened[ours]] = base[opened[ours]]
+        if np.array_equal(out, before):
+            break
     return out
 
 
@@ -128,8 +150,8 @@ def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool)
 class CleanUp:
     """The read-out's clean-up of a label map, its numbers chosen by readout.py and kept in rnca.json:
     components smaller than `min_component_size` cells removed, holes smaller than `min_hole_size` cells or
-    no thicker than `max_hole_radius` cells filled, after, with `keep_base_loops`, every wall of the base that
-    the rule removed was given back. Zeros change nothing."""
+    no thicker than `max_hole_radius` cells filled, after, with `keep_base_loops`, the base's loops were kept
+    (none lost, none added). Zeros change nothing."""
     min_component_size: int = 0
     min_hole_size: int = 0
     max_hole_radius: float = 0.0

@@ -81,8 +81,8 @@ def train_entry_point() -> None:
     parser.add_argument("--val_fraction", type=float, default=None, help="share of cases held out (default 0.2)")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's training iterations")
     parser.add_argument("--keep_base_loops", action="store_true",
-                        help="never remove a wall of nnU-Net's mask (for bases whose loops are right and outlines "
-                             "are not, such as near-correct labels)")
+                        help="keep the loops of nnU-Net's mask, none lost and none added, and let the rule reshape "
+                             "its outlines (for bases whose loops are right, such as near-correct labels)")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))
