@@ -72,13 +72,13 @@ def hole_sizes(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
     return np.concatenate(sizes)
 
 
-def hole_radii(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
-    """Inscribed radii in cells of the holes `fill_holes` would consider, in `hole_sizes`' order."""
-    radii = []
+def hole_measures(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
+    """(2, holes): size in cells and inscribed radius in cells of each hole `fill_holes` would consider."""
+    measures = []
     for part in _per_slice(segmentation, per_slice):
         holes, enclosed = _enclosed_holes(part)
-        radii.append(_inscribed_radii(holes, enclosed)[enclosed])
-    return np.concatenate(radii)
+        measures.append(np.stack([np.bincount(holes.ravel())[enclosed], _inscribed_radii(holes, enclosed)[enclosed]]))
+    return np.concatenate(measures, axis=1)
 
 
 def fill_holes(segmentation: np.ndarray, min_size: int, max_radius: float, per_slice: bool) -> np.ndarray:
@@ -128,7 +128,9 @@ def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool)
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([keep_base_loops(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
     out = segmentation.copy()
-    for _ in range(8):  # a cleared brick can reach a moved wall's old place: repeat until nothing changes
+    # repeated, since a cleared brick can reach a moved wall's old place; every step only turns cells back
+    # into the base's, so this ends, at the latest at the base itself
+    while True:
         before = out.copy()
         ours, _, ours_meets, _ = background_regions(out, base)
         joined = (ours_meets > 1)[ours] & (base > 0)

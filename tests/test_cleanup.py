@@ -2,7 +2,8 @@
 import numpy as np
 from skimage.draw import disk
 
-from rnca_nnunet.cleanup import CleanUp, fill_holes, hole_radii, hole_sizes, keep_base_loops, remove_small_components
+from rnca_nnunet.cleanup import (CleanUp, fill_holes, hole_measures, hole_sizes, keep_base_loops,
+                                 remove_small_components)
 from rnca_nnunet.metrics import betti_numbers
 
 
@@ -107,7 +108,7 @@ def test_thin_holes_are_filled_by_thickness_whatever_their_area():
     segmentation[:, 20:23, 5:8] = 0  # a 3 x 3 brick: radius 2
     segmentation[:, 20:25, 20:25] = 0  # a 5 x 5 brick: radius 3
     segmentation[:, 27:30, 40:50] = 0  # open to the border: no hole
-    assert sorted(np.round(hole_radii(segmentation, True), 2).tolist()) == [1.0, 1.0, 1.41, 1.41, 2, 2, 3, 3]
+    assert sorted(np.round(hole_measures(segmentation, True)[1], 2).tolist()) == [1.0, 1.0, 1.41, 1.41, 2, 2, 3, 3]
     filled = fill_holes(segmentation, min_size=0, max_radius=1.5, per_slice=True)
     assert (filled[:, 3:5, 3:57] == 1).all() and (filled[:, 6:18, 19:34] == 1).all()
     assert (filled[:, 20:23, 5:8] == 0).all() and (filled[:, 20:25, 20:25] == 0).all()
