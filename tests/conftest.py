@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List
 
@@ -31,6 +32,11 @@ class NnunetModel:
             raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                                  f"{result.stderr[-3000:]}")
         return result
+
+    def run_all(self, commands: List[List[str]]) -> List[subprocess.CompletedProcess]:
+        """Several commands (check=False), two at a time: most of a failing command's time is its imports."""
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return list(pool.map(lambda command: self.run(*command, check=False), commands))
 
     def predict_args(self, images: str, out: str, folds: List[str]) -> List[str]:
         return ["-i", images, "-o", out, "-d", str(self.dataset_id), "-c", self.configuration, "-tr", TEST_TRAINER,

@@ -106,10 +106,11 @@ def test_prediction_errors_name_the_file_or_flag(trained_vessel_refiner, tmp_pat
         args = model.predict_args(images, out, ["0"])
         args[args.index("-device") + 1] = "cuda"
         cases.append((args, "-device cuda was requested but no CUDA device"))
-    for args, expected in cases:
-        assert_one_line_error(model.run("nnUNetv2_predict_rnca", *args, check=False), expected)
-        segmentations = [n for n in os.listdir(out) if n.endswith(".nii.gz")] if os.path.isdir(out) else []
-        assert segmentations == [], (expected, segmentations)
+    results = model.run_all([["nnUNetv2_predict_rnca", *args] for args, _ in cases])
+    for result, (_, expected) in zip(results, cases):
+        assert_one_line_error(result, expected)
+    segmentations = [n for n in os.listdir(out) if n.endswith(".nii.gz")] if os.path.isdir(out) else []
+    assert segmentations == [], segmentations
 
 
 class WritesAFile:
