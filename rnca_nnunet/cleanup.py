@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import cc3d
 import numpy as np
 from scipy import ndimage
+from skimage.graph import MCP
 
 
 def remove_small_components(segmentation: np.ndarray, labels: List[int], min_size: int) -> np.ndarray:
@@ -102,50 +103,114 @@ def fill_holes(segmentation: np.ndarray, min_size: int, max_radius: float, per_s
     return out
 
 
-def background_regions(segmentation: np.ndarray, base: np.ndarray):
-    """Background components (6-connected; the image's outside is one region) of a label map and of its base,
-    cropped to the image, and per component index how many of the other map's it overlaps."""
-    frame = [(1, 1) if n > 1 else (0, 0) for n in segmentation.shape]
-    inner = tuple(slice(p, n + p) for (p, _), n in zip(frame, segmentation.shape))
-    ours, theirs = (cc3d.connected_components(np.pad(m == 0, frame, constant_values=True), connectivity=6)
-                    for m in (segmentation, base))
+def _frame(shape: Tuple[int, ...]) -> List[Tuple[int, int]]:
+    """One cell of padding on every axis longer than one: the image's outside becomes one background region."""
+    return [(1, 1) if n > 1 else (0, 0) for n in shape]
+
+
+def _background(padded: np.ndarray) -> np.ndarray:
+    return cc3d.connected_components(padded == 0, connectivity=6)
+
+
+def _overlaps(ours: np.ndarray, theirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per background region of each of two maps, how many of the other's it overlaps."""
     both = (ours > 0) & (theirs > 0)
     pairs = np.unique(np.stack([ours[both], theirs[both]], 1), axis=0)
-    return (ours[inner], theirs[inner], np.bincount(pairs[:, 0], minlength=int(ours.max()) + 1),
+    return (np.bincount(pairs[:, 0], minlength=int(ours.max()) + 1),
             np.bincount(pairs[:, 1], minlength=int(theirs.max()) + 1))
+
+
+def loop_mismatches(segmentation: np.ndarray, base: np.ndarray, per_slice: bool) -> int:
+    """How many background regions (6-connected, the image's outside as one; per slice when `per_slice`) of a
+    label map and of its base do not overlap exactly one of the other's: 0 when both have the same loops."""
+    if per_slice and segmentation.shape[0] > 1:
+        return sum(loop_mismatches(s[None], b[None], False) for s, b in zip(segmentation, base))
+    frame = _frame(segmentation.shape)
+    ours_meets, theirs_meets = _overlaps(*(_background(np.pad(m, frame)) for m in (segmentation, base)))
+    return int((ours_meets[1:] != 1).sum() + (theirs_meets[1:] != 1).sum())
+
+
+def _neighbouring_regions(pieces: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Per piece index, how many different regions it touches face to face."""
+    pairs = []
+    for axis in (a for a in range(pieces.ndim) if pieces.shape[a] > 1):
+        lower, upper = (slice(None),) * axis + (slice(0, -1),), (slice(None),) * axis + (slice(1, None),)
+        for here, there in ((lower, upper), (upper, lower)):
+            touching = (pieces[here] > 0) & (regions[there] > 0)
+            pairs.append(np.stack([pieces[here][touching], regions[there][touching]], 1))
+    pairs = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+    return np.bincount(pairs[:, 0], minlength=int(pieces.max()) + 1)
+
+
+def _restore_crossed_walls(out: np.ndarray, base: np.ndarray, theirs: np.ndarray) -> None:
+    """Where our background joins two of the base's regions, bring back the pieces of base wall it crosses
+    between them; pieces it only thinned or moved stay as the rule left them. (Two base regions never touch,
+    so every way from one to the other inside our region crosses such a piece.)"""
+    ours = _background(out)
+    joining = (_overlaps(ours, theirs)[0] > 1)[ours]
+    removed = cc3d.connected_components(joining & (base > 0), connectivity=26)
+    crossed = _neighbouring_regions(removed, np.where(ours > 0, theirs, 0)) > 1
+    crossed[0] = False
+    out[crossed[removed]] = base[crossed[removed]]
+
+
+def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list) -> None:
+    """A base region our foreground covers comes back whole (a brick filled); one it splits is joined again
+    along the path through it that clears the fewest of our cells (a wall added across a brick gets one gap)."""
+    ours = _background(out)
+    theirs_meets = _overlaps(ours, theirs)[1]
+    for region in np.flatnonzero(theirs_meets[1:] != 1) + 1:
+        box = boxes[region - 1]
+        cells, view = theirs[box] == region, out[box]
+        if theirs_meets[region] == 0:
+            view[cells] = 0
+            continue
+        pieces = np.where(cells, ours[box], 0)
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        seed = sizes.argmax()
+        paths = MCP(np.where(cells, np.where(view > 0, 1.0, 1e-3), -1.0), fully_connected=False)
+        costs, _ = paths.find_costs(np.argwhere(pieces == seed))
+        for piece in np.flatnonzero(sizes):
+            if piece != seed:
+                ends = np.argwhere(pieces == piece)
+                view[tuple(np.array(paths.traceback(tuple(ends[np.argmin(costs[tuple(ends.T)])]))).T)] = 0
+
+
+def _fill_opened_holes(out: np.ndarray, base: np.ndarray, theirs: np.ndarray) -> None:
+    """A background region inside the base's foreground (a hole the rule opened) gets the base's labels."""
+    ours = _background(out)
+    opened = _overlaps(ours, theirs)[0] == 0
+    opened[0] = False
+    out[opened[ours]] = base[opened[ours]]
 
 
 def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool) -> np.ndarray:
     """Make the background regions of `segmentation` match `base`'s one to one, so that it has every loop of
-    the base and no other: where one region joins two of the base's, the base's labels come back in it (a wall
-    the rule removed); where a base region is covered or split, its background comes back (a brick filled, a
-    wall added across one); a region inside the base's foreground gets the base's labels (a hole opened).
-    Every other change stays: walls may move, thicken and thin.
+    the base and no other, changing as few cells as it can: a wall the rule removed comes back only where its
+    gap joins two of the base's regions, a wall it added across one gets a one-cell gap, a brick it filled
+    comes back, a hole it opened is filled. Every other change stays: walls may move, thicken and thin.
 
     For bases whose loops are right: on TopoMortar's noisy labels (beta1 error 0.30) a rule trained on the
     train walls broke thin joints of the val walls (0.60-0.70, a third of the intact walls broken), and
-    neither its CV cases nor its held-out ones showed it. (Z, Y, X) label maps, components as in `fill_holes`."""
+    neither its CV cases nor its held-out ones showed it. Giving back whole base regions instead kept those
+    loops but undid the rule's thickening of the one-cell noisy walls around them: Dice 0.936 -> 0.893.
+    (Z, Y, X) label maps, components as in `fill_holes`."""
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([keep_base_loops(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
-    out = segmentation.copy()
-    # repeated, since a cleared brick can reach a moved wall's old place; every step only turns cells back
-    # into the base's, so this ends, at the latest at the base itself
+    frame = _frame(segmentation.shape)
+    out, base = np.pad(segmentation, frame), np.pad(base, frame)
+    theirs = _background(base)
+    boxes = ndimage.find_objects(theirs)
+    # repeated, since a brick given back can reach a moved wall's old place; every step only turns cells into
+    # the base's values, so this ends, at the latest at the base itself
     while True:
         before = out.copy()
-        ours, _, ours_meets, _ = background_regions(out, base)
-        joined = (ours_meets > 1)[ours] & (base > 0)
-        out[joined] = base[joined]
-        ours, theirs, _, theirs_meets = background_regions(out, base)
-        wrong = theirs_meets != 1
-        wrong[0] = False
-        out[wrong[theirs] & (out > 0)] = 0
-        ours, _, ours_meets, _ = background_regions(out, base)
-        opened = ours_meets == 0
-        opened[0] = False
-        out[opened[ours]] = base[opened[ours]]
+        _restore_crossed_walls(out, base, theirs)
+        _reopen_base_regions(out, theirs, boxes)
+        _fill_opened_holes(out, base, theirs)
         if np.array_equal(out, before):
-            break
-    return out
+            return out[tuple(slice(p, n + p) for (p, _), n in zip(frame, segmentation.shape))]
 
 
 @dataclass
