@@ -195,7 +195,9 @@ def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool)
     train walls broke thin joints of the val walls (0.60-0.70, a third of the intact walls broken), and
     neither its CV cases nor its held-out ones showed it. Giving back whole base regions instead kept those
     loops but undid the rule's thickening of the one-cell noisy walls around them: Dice 0.936 -> 0.893.
-    (Z, Y, X) label maps, components as in `fill_holes`."""
+    (Z, Y, X) label maps, components as in `fill_holes`: per slice the loops are a slice's holes; in a volume
+    they are its cavities (a handle, such as the opening of a ring open at both ends, is part of the background
+    around it and is not kept)."""
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([keep_base_loops(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
     frame = _frame(segmentation.shape)
