@@ -7,6 +7,7 @@ sizes from readout.py; the checkpoint is chosen on held-out topology errors, not
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -56,6 +57,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     on disk. Raises TrainingDiverged as soon as the loss or a weight is not finite."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)  # batchgenerators' augmentations draw from NumPy's global generator
+    random.seed(config.seed)  # and its noise and blur from Python's: unseeded, no two trainings were alike
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
