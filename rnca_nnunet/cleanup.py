@@ -64,15 +64,6 @@ def _per_slice(segmentation: np.ndarray, per_slice: bool) -> List[np.ndarray]:
     return [s[None] for s in segmentation] if per_slice and segmentation.shape[0] > 1 else [segmentation]
 
 
-def hole_sizes(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
-    """Sizes in cells of the holes `fill_holes` would consider (per slice when `per_slice`)."""
-    sizes = []
-    for part in _per_slice(segmentation, per_slice):
-        holes, enclosed = _enclosed_holes(part)
-        sizes.append(np.bincount(holes.ravel())[enclosed])
-    return np.concatenate(sizes)
-
-
 def hole_measures(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
     """(2, holes): size in cells and inscribed radius in cells of each hole `fill_holes` would consider."""
     measures = []

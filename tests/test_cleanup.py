@@ -2,7 +2,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from rnca_nnunet.cleanup import (CleanUp, fill_holes, hole_measures, hole_sizes, keep_base_loops, loop_mismatches,
+from rnca_nnunet.cleanup import (CleanUp, fill_holes, hole_measures, keep_base_loops, loop_mismatches,
                                  remove_small_components)
 from rnca_nnunet.metrics import betti_numbers
 
@@ -59,7 +59,7 @@ def brick_wall(brick: int, count: int) -> np.ndarray:
 def test_hole_sizes_are_the_holes_fill_holes_sees():
     wall = brick_wall(5, 3)
     wall[0, 0, 3] = 0  # opens a border brick: it is no hole
-    sizes = hole_sizes(wall, per_slice=True)
+    sizes = hole_measures(wall, per_slice=True)[0]
     assert sorted(sizes.tolist()) == [25] * 8
     assert (fill_holes(wall, 26, 0, True)[0] == 1).sum() == wall.size - 25 - 1
 
@@ -94,7 +94,7 @@ def test_the_read_out_never_fills_holes_the_size_of_the_labels_own():
     for x in range(14, 46, 6):
         prediction[0, 69:73, x:x + 5] = 0  # six spurious holes of 20 cells
     refiner = identity_refiner()
-    assert sorted(hole_sizes(prediction, True))[:8] == [20] * 6 + [25] * 2
+    assert sorted(hole_measures(prediction, True)[0])[:8] == [20] * 6 + [25] * 2
     choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
     assert refiner.clean_up.min_hole_size <= 25, "a fill of holes the size of the small bricks fills real bricks"
     assert (refiner.clean_segmentation(prediction)[0, 70:75, 5:10] == 0).all()
@@ -139,7 +139,7 @@ def test_the_read_out_fills_slivers_thinner_than_the_labels_own_holes():
     choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
     assert refiner.clean_up.min_hole_size <= 64 and 1 <= refiner.clean_up.max_hole_radius < 6
     cleaned = refiner.clean_segmentation(prediction)
-    assert (cleaned[0, 66:80] == 1).all() and sorted(hole_sizes(cleaned, True)) == [144] * 25
+    assert (cleaned[0, 66:80] == 1).all() and sorted(hole_measures(cleaned, True)[0].tolist()) == [144] * 25
 
 
 def test_the_read_out_never_fills_holes_as_thin_as_the_labels_own():
@@ -173,7 +173,7 @@ def test_the_base_loops_come_back_at_the_fewest_cells_while_moved_and_thickened_
     assert (kept[:, 7, 7:12] == 1).all(), "the thickening of a brick's wall stays"
     assert (kept[:, 13:18, 1:6] == 0).all() and (kept[:, 21:23, 3:15] == 1).all()
     assert (kept[1, 13:18, 12] == 0).all() and (kept[1, 13:18, 11] == 1).all(), "a moved wall loses no loop"
-    assert sorted(hole_sizes(kept, True).tolist()) == [16, 16, 20] + [25] * 14 + [30]
+    assert sorted(hole_measures(kept, True)[0].tolist()) == [16, 16, 20] + [25] * 14 + [30]
     assert loop_mismatches(kept, base, True) == 0 < loop_mismatches(refined, base, True)
     assert (CleanUp(keep_base_loops=True)(refined, True, base) == kept).all()
 
