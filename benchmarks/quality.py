@@ -81,14 +81,16 @@ def zero_shot(source: dict, target: dict, out: str, log) -> None:
 
 
 def results_table(kind: str, summary: dict) -> str:
-    """Rows: methods (per class); columns: the metrics and the share of broken base cases repaired."""
-    lines = [f"### {kind}", "", "| method | class | " + " | ".join(COLUMNS) + " | repaired | newly broken |",
-             "|" + "---|" * (len(COLUMNS) + 4)]
+    """Rows: methods (per class); columns: the metrics, broken base cases repaired, intact ones newly broken, and
+    cases made worse than the base (more beta0 + beta1 errors)."""
+    lines = [f"### {kind}", "", "| method | class | " + " | ".join(COLUMNS)
+             + " | repaired | intact newly broken | made worse |", "|" + "---|" * (len(COLUMNS) + 5)]
     for method, per_class in summary["mean"].items():
         for name, m in per_class.items():
             repair = summary["repair"].get(method, {}).get(name)
-            rates = (f"{100 * repair['repaired_share']:.0f}% of {repair['broken_before']} | "
-                     f"{100 * repair['newly_broken_share']:.0f}%") if repair else "- | -"
+            rates = (f"{repair['repaired']} of {repair['broken_before']} | "
+                     f"{repair['newly_broken']} of {repair['intact_before']} | {repair['made_worse']}"
+                     ) if repair else "- | - | -"
             lines.append(f"| {method} | {name} | " + " | ".join(f"{m[c]:.3f}" for c in COLUMNS) + f" | {rates} |")
     return "\n".join(lines)
 

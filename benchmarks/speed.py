@@ -256,7 +256,7 @@ def rule_rows(paths: Dict[str, Dict[str, str]]) -> List[str]:
             start = time.perf_counter()
             refined = run()
             seconds = time.perf_counter() - start  # refine_context returns on the host: nothing left queued
-            labels = refiner.segment(refined)
+            labels = refiner.segment(refined, context[-refiner.semantics.mask_channels:])
             vars(refiner.model).pop("step", None)
             reference = labels if reference is None else reference
             differ = int((labels != reference).sum())

@@ -3,8 +3,8 @@
 Part 1 (minutes): refine the provided imperfect labels (`noisy`, `pseudo`) toward the accurate ones: the
 rNCA is trained on the train split (40 cases, 10 held out for the checkpoint) and tested on the val split
 (20), against closing and keep-largest-component applied to the same imperfect labels. The noisy labels'
-loops are right and their outlines are not, so that rule is trained with `keep_base_loops` (the row without
-it uses the same weights).
+loops are right and their outlines are not: the guard chosen on the held-out walls must find that out (the
+row with the guard off uses the same weights).
 Part 2 (`--parts nnunet`, long on CPU): nnU-Net trained briefly, its CV predictions train the rNCA, and the
 methods are compared on the val split, as in benchmarks/quality.py.
 
@@ -63,7 +63,7 @@ def published_table() -> str:
 def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Optional[int]) -> str:
     """Train on the train split's (imperfect, accurate) pairs, write every method's val-split masks; a table."""
     semantics, normalisation = LabelSemantics({"background": 0, "mortar": 1}), Normalisation(["ZScoreNormalization"] * 3, {})
-    overrides = {"corrupted_fraction": 0.0, "keep_base_loops": kind == "noisy"}
+    overrides = {"corrupted_fraction": 0.0}
     if iterations:
         overrides.update(iterations=iterations, validate_every=max(1, iterations // 15))
     config = load_preset(PRESET, overrides)
@@ -78,13 +78,15 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
     apply_to_folder(morphological_closing, [1], folders["base"], folders["closing"], ".png")
     add_cleanup_baseline(folders, refiner, [1], os.path.join(out, kind, "clean-up alone"), ".png")
     test_cases = imperfect_label_cases(folder, "Ts", kind, Normalisation(["NoNormalization"] * 3, {}))
-    if refiner.clean_up.keep_base_loops:
-        folders["rNCA, base loops not kept (same weights)"] = os.path.join(out, kind, "rNCA free")
-        refiner.clean_up.keep_base_loops = False
-        write_refined(refiner, test_cases, folders["rNCA, base loops not kept (same weights)"])
-        refiner.clean_up.keep_base_loops = True
-    folders["rNCA"] = os.path.join(out, kind, "rNCA")
-    write_refined(refiner, test_cases, folders["rNCA"])
+    guard = refiner.clean_up.guard
+    for threshold in [t for t in (None, 0.0) if t != guard]:  # the same weights, guard off and always on
+        name = f"rNCA, guard {'off' if threshold is None else 'always on'} (same weights)"
+        folders[name] = os.path.join(out, kind, f"rNCA guard {threshold}")
+        refiner.clean_up.guard = threshold
+        write_refined(refiner, test_cases, folders[name])
+    refiner.clean_up.guard = guard
+    folders[f"rNCA (guard {'off' if guard is None else f'{guard:g}'}, chosen)"] = os.path.join(out, kind, "rNCA")
+    write_refined(refiner, test_cases, os.path.join(out, kind, "rNCA"))
     return results_table(f"TopoMortar, refining the `{kind}` labels (val split)",
                          evaluate_folders(os.path.join(folder, "labelsTs"), folders))
 

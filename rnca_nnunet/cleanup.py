@@ -141,19 +141,43 @@ def _neighbouring_regions(pieces: np.ndarray, regions: np.ndarray) -> np.ndarray
     return np.bincount(pairs[0], minlength=int(pieces.max()) + 1)
 
 
-def _restore_crossed_walls(out: np.ndarray, base: np.ndarray, theirs: np.ndarray) -> None:
+class _Guard:
+    """Which of the rule's topology changes `keep_base_topology` undoes: those where the base was, on average
+    over the cells the change touches, at least `threshold` sure of its own label (all of them without a
+    `confidence` map, or at threshold 0)."""
+
+    def __init__(self, confidence: Optional[np.ndarray], threshold: float):
+        self.confidence = None if threshold <= 0 else confidence
+        self.threshold = threshold
+
+    def pieces(self, labelled: np.ndarray) -> np.ndarray:
+        """Per component index of `labelled`: whether its change is undone."""
+        size = int(labelled.max()) + 1
+        if self.confidence is None:
+            return np.ones(size, bool)
+        counts = np.bincount(labelled.ravel(), minlength=size)
+        sums = np.bincount(labelled.ravel(), weights=self.confidence.ravel(), minlength=size)
+        return sums >= self.threshold * np.maximum(counts, 1)
+
+    def cells(self, cells: np.ndarray, box: Tuple[slice, ...]) -> bool:
+        """Whether a change of these cells (a boolean map of `box`) is undone."""
+        return self.confidence is None or not cells.any() or \
+            float(self.confidence[box][cells].mean()) >= self.threshold
+
+
+def _restore_crossed_walls(out: np.ndarray, base: np.ndarray, theirs: np.ndarray, guard: _Guard) -> None:
     """Where our background joins two of the base's regions, bring back the pieces of base wall it crosses
     between them; pieces it only thinned or moved stay as the rule left them. (Two base regions never touch,
     so every way from one to the other inside our region crosses such a piece.)"""
     ours = _background(out)
     joining = (_overlaps(ours, theirs)[0] > 1)[ours]
     removed = cc3d.connected_components(joining & (base > 0), connectivity=26)
-    crossed = _neighbouring_regions(removed, np.where(ours > 0, theirs, 0)) > 1
+    crossed = (_neighbouring_regions(removed, np.where(ours > 0, theirs, 0)) > 1) & guard.pieces(removed)
     crossed[0] = False
     out[crossed[removed]] = base[crossed[removed]]
 
 
-def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list) -> None:
+def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list, guard: _Guard) -> None:
     """A base region our foreground covers comes back whole (a brick filled); one it splits is joined again
     along the path through it that clears the fewest of our cells (a wall added across a brick gets one gap)."""
     ours = _background(out)
@@ -161,6 +185,8 @@ def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list) -> No
     for region in np.flatnonzero(theirs_meets[1:] != 1) + 1:
         box = boxes[region - 1]
         cells, view = theirs[box] == region, out[box]
+        if not guard.cells(cells & (view > 0), box):
+            continue
         if theirs_meets[region] == 0:
             view[cells] = 0
             continue
@@ -177,58 +203,101 @@ def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list) -> No
                 view[tuple(np.array(paths.traceback(tuple(ends[np.argmin(costs[tuple(ends.T)])]))).T)] = 0
 
 
-def _fill_opened_holes(out: np.ndarray, base: np.ndarray, theirs: np.ndarray) -> None:
+def _fill_opened_holes(out: np.ndarray, base: np.ndarray, theirs: np.ndarray, guard: _Guard) -> None:
     """A background region inside the base's foreground (a hole the rule opened) gets the base's labels."""
     ours = _background(out)
-    opened = _overlaps(ours, theirs)[0] == 0
+    opened = (_overlaps(ours, theirs)[0] == 0) & guard.pieces(ours)
     opened[0] = False
     out[opened[ours]] = base[opened[ours]]
 
 
-def keep_base_loops(segmentation: np.ndarray, base: np.ndarray, per_slice: bool) -> np.ndarray:
-    """Make the background regions of `segmentation` match `base`'s one to one, so that it has every loop of
-    the base and no other, changing as few cells as it can: a wall the rule removed comes back only where its
-    gap joins two of the base's regions, a wall it added across one gets a one-cell gap, a brick it filled
-    comes back, a hole it opened is filled. Every other change stays: walls may move, thicken and thin.
+def _keep_base_components(out: np.ndarray, base: np.ndarray, guard: _Guard) -> None:
+    """Foreground components (26-connected) matched with the base's: a base component the rule removed or
+    split gets its removed cells back, and the cells the rule added to make a component of its own or to join
+    two of the base's are taken away again (piece by connected piece of changed cells)."""
+    ours = cc3d.connected_components(out > 0, connectivity=26)
+    theirs = cc3d.connected_components(base > 0, connectivity=26)
+    ours_meets, theirs_meets = _overlaps(ours, theirs)
+    for labelled, meets, changed, value in ((theirs, theirs_meets, out == 0, base), (ours, ours_meets, base == 0, 0)):
+        unmatched = meets != 1
+        unmatched[0] = False
+        pieces = cc3d.connected_components(unmatched[labelled] & changed, connectivity=26)
+        undo = guard.pieces(pieces)
+        undo[0] = False
+        out[undo[pieces]] = value if np.isscalar(value) else value[undo[pieces]]
 
-    For bases whose loops are right: on TopoMortar's noisy labels (beta1 error 0.30) a rule trained on the
-    train walls broke thin joints of the val walls (0.60-0.70, a third of the intact walls broken), and
-    neither its CV cases nor its held-out ones showed it. Giving back whole base regions instead kept those
-    loops but undid the rule's thickening of the one-cell noisy walls around them: Dice 0.936 -> 0.893.
-    (Z, Y, X) label maps, components as in `fill_holes`: per slice the loops are a slice's holes; in a volume
-    they are its cavities (a handle, such as the opening of a ring open at both ends, is part of the background
-    around it and is not kept)."""
+
+def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bool,
+                       confidence: Optional[np.ndarray] = None, threshold: float = 0.0) -> np.ndarray:
+    """Undo the rule's topology changes against the label map `base` where the base was sure (see `_Guard`:
+    all of them at `threshold` 0), for each label and for the union of all labels, changing as few cells as it can: its loops (background
+    regions matched one to one: a wall the rule removed comes back only where its gap joins two of the base's
+    regions, a wall it added across one gets a one-cell gap, a brick it filled comes back, a hole it opened is
+    filled) and its components (matched one to one: a component it removed or split gets its cells back, one
+    it made or joined loses the cells it added). Every other change stays: walls may move, thicken and thin.
+
+    The guard of "do no harm": a refiner must not break what nnU-Net got right, and the base's own confidence
+    is what tells a sure structure from a doubtful one (a one-cell gap nnU-Net gave 0.4 is a break to close, a
+    joint it gave 0.95 is not to be cut). On TopoMortar's noisy labels (hard masks: sure everywhere) a rule
+    broke thin joints of a third of the intact val walls, which neither its CV cases nor its held-out ones
+    showed. (Z, Y, X) label maps and a (Z, Y, X) confidence; loops as in `fill_holes`: per slice a slice's
+    holes, in a volume its cavities (a handle is part of the background around it and is not kept)."""
     if per_slice and segmentation.shape[0] > 1:
-        return np.stack([keep_base_loops(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
+        return np.stack([keep_base_topology(s[None], b[None], False, None if confidence is None else c[None],
+                                            threshold)[0]
+                         for s, b, c in zip(segmentation, base, confidence if confidence is not None else base)])
     frame = _frame(segmentation.shape)
     out, base = np.pad(segmentation, frame), np.pad(base, frame)
-    theirs = _background(base)
-    boxes = ndimage.find_objects(theirs)
-    # repeated, since a brick given back can reach a moved wall's old place; every step only turns cells into
-    # the base's values, so this ends, at the latest at the base itself
+    guard = _Guard(None if confidence is None else np.pad(confidence, frame, constant_values=1.0), threshold)
+    labels = [int(v) for v in np.union1d(np.unique(out), np.unique(base)) if v > 0]
+    groups = [[label] for label in labels] + ([labels] if len(labels) > 1 else [])  # each label, and the union
+    # group by group, repeated until none changes: every step only turns cells into the base's values, so this
+    # ends, at the latest at the base itself
     while True:
         before = out.copy()
-        _restore_crossed_walls(out, base, theirs)
-        _reopen_base_regions(out, theirs, boxes)
-        _fill_opened_holes(out, base, theirs)
+        for group in groups:
+            mask = np.isin(out, group)
+            kept = _keep_binary_topology(mask.view(np.uint8), np.isin(base, group).view(np.uint8), guard)
+            changed = kept.astype(bool) != mask
+            out[changed] = base[changed]
         if np.array_equal(out, before):
             return out[tuple(slice(p, n + p) for (p, _), n in zip(frame, segmentation.shape))]
 
 
+def _keep_binary_topology(out: np.ndarray, base: np.ndarray, guard: _Guard) -> np.ndarray:
+    """`keep_base_topology` of one label: (Z, Y, X) 0/1 maps already framed (`_frame`); returns a new map."""
+    out = out.copy()
+    theirs = _background(base)
+    boxes = ndimage.find_objects(theirs)
+    # repeated, since a brick given back can reach a moved wall's old place
+    while True:
+        before = out.copy()
+        _restore_crossed_walls(out, base, theirs, guard)
+        _reopen_base_regions(out, theirs, boxes, guard)
+        _fill_opened_holes(out, base, theirs, guard)
+        _keep_base_components(out, base, guard)
+        if np.array_equal(out, before):
+            return out
+
+
 @dataclass
 class CleanUp:
-    """The read-out's clean-up of a label map, its numbers chosen by readout.py and kept in rnca.json:
-    components smaller than `min_component_size` cells removed, holes smaller than `min_hole_size` cells or
-    no thicker than `max_hole_radius` cells filled, after, with `keep_base_loops`, the base's loops were kept
-    (none lost, none added). Zeros change nothing."""
+    """The read-out's clean-up of a label map refined from a base, its numbers chosen by readout.py and kept in
+    rnca.json: first, with `guard` (None: off), the rule's topology changes are undone where the base was at
+    least `guard` sure of its label (`keep_base_topology`; 0: all of them); then components smaller than
+    `min_component_size` cells are removed and holes smaller than `min_hole_size` cells or no thicker than
+    `max_hole_radius` cells filled; last, every cell that has or had one of `unrefined_labels` takes the base's
+    label (classes the refinement did not help on held-out cases). Zeros and empties change nothing."""
     min_component_size: int = 0
     min_hole_size: int = 0
     max_hole_radius: float = 0.0
-    keep_base_loops: bool = False
+    guard: Optional[float] = None
+    unrefined_labels: Tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict) -> "CleanUp":
-        """The clean-up of an rnca.json (absent keys: off, as in refiners saved before a setting existed)."""
+        """The clean-up of an rnca.json (absent keys: off, as in refiners saved before a setting existed; the
+        `keep_base_loops: true` of refiners before the guard is guard 0)."""
         values = {name: config.get(name, default) for name, default in asdict(cls()).items()}
         sizes = [values["min_component_size"], values["min_hole_size"]]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
@@ -236,24 +305,45 @@ class CleanUp:
         radius = values["max_hole_radius"]
         if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < math.inf:
             raise TypeError(f"max_hole_radius must be a number of cells >= 0, got {radius!r}")
-        if not isinstance(values["keep_base_loops"], bool):
-            raise TypeError(f"keep_base_loops must be true or false, got {values['keep_base_loops']!r}")
-        return cls(values["min_component_size"], values["min_hole_size"], float(radius), values["keep_base_loops"])
+        legacy = config.get("keep_base_loops", False)
+        if not isinstance(legacy, bool):
+            raise TypeError(f"keep_base_loops must be true or false, got {legacy!r}")
+        guard = 0.0 if legacy and values["guard"] is None else values["guard"]
+        if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float))
+                                  or not 0 <= guard <= 1):
+            raise TypeError(f"guard must be null or a confidence from 0 to 1, got {guard!r}")
+        labels = values["unrefined_labels"]
+        if not isinstance(labels, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in labels):
+            raise TypeError(f"unrefined_labels must be a list of label values from 1 to 65535, got {labels!r}")
+        return cls(values["min_component_size"], values["min_hole_size"], float(radius),
+                   None if guard is None else float(guard), tuple(labels))
 
-    def __call__(self, segmentation: np.ndarray, per_slice: bool, base: Optional[np.ndarray] = None) -> np.ndarray:
-        """Clean a (Z, Y, X) label map refined from the label map `base` (needed with `keep_base_loops`);
-        holes per slice when `per_slice` (a 2D rule)."""
-        if self.keep_base_loops:
-            if base is None:
-                raise ValueError("keep_base_loops needs the base label map the rule refined")
-            segmentation = keep_base_loops(segmentation, base, per_slice)
-        if self.min_component_size <= 1 and self.min_hole_size <= 1 and self.max_hole_radius <= 0:
-            return segmentation
-        labels = [int(v) for v in np.unique(segmentation) if v > 0]
-        return fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
-                          self.min_hole_size, self.max_hole_radius, per_slice)
+    @property
+    def needs_base(self) -> bool:
+        """Whether `__call__` needs the base label map (and the base's confidence)."""
+        return self.guard is not None or bool(self.unrefined_labels)
+
+    def __call__(self, segmentation: np.ndarray, per_slice: bool, base: Optional[np.ndarray] = None,
+                 confidence: Optional[np.ndarray] = None) -> np.ndarray:
+        """Clean a (Z, Y, X) label map refined from the label map `base`, whose cells the base was `confidence`
+        sure of (see `state.base_confidence`; both needed when `needs_base`); holes per slice when `per_slice`
+        (a 2D rule)."""
+        if self.needs_base and base is None:
+            raise ValueError("the guard and unrefined labels need the base label map the rule refined")
+        if self.guard is not None:
+            segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
+        if self.min_component_size > 1 or self.min_hole_size > 1 or self.max_hole_radius > 0:
+            labels = [int(v) for v in np.unique(segmentation) if v > 0]
+            segmentation = fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
+                                      self.min_hole_size, self.max_hole_radius, per_slice)
+        if self.unrefined_labels:
+            kept = np.isin(base, self.unrefined_labels) | np.isin(segmentation, self.unrefined_labels)
+            segmentation = np.where(kept, base, segmentation)
+        return segmentation
 
     def __str__(self) -> str:
         return (f"specks < {self.min_component_size}, holes < {self.min_hole_size}"
                 + (f" or radius <= {self.max_hole_radius:g}" if self.max_hole_radius > 0 else "")
-                + (", base loops kept" if self.keep_base_loops else ""))
+                + ("" if self.guard is None else f", base topology kept where the base was >= {self.guard:g} sure")
+                + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else ""))

@@ -81,8 +81,9 @@ def train_entry_point() -> None:
     parser.add_argument("--val_fraction", type=float, default=None, help="share of cases held out (default 0.2)")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's training iterations")
     parser.add_argument("--keep_base_loops", action="store_true",
-                        help="keep the loops of nnU-Net's mask, none lost and none added, and let the rule reshape "
-                             "its outlines (for bases whose loops are right, such as near-correct labels)")
+                        help="always keep the topology of nnU-Net's mask (loops and components, none lost and none "
+                             "added) and let the rule reshape only its outlines, instead of choosing on the held-out "
+                             "cases how sure nnU-Net must be for its topology to be kept")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))

@@ -13,10 +13,10 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
-from rnca_nnunet.metrics import case_metrics, mean_metrics
+from rnca_nnunet.metrics import case_metrics, harm_and_repair, mean_metrics
 from rnca_nnunet.pictures import write_overlay
 
-COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "assd", "hd95", "broken")
+COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "beta0_signed", "beta1_signed", "assd", "hd95", "broken")
 
 
 def _file_ending(folder: str) -> str:
@@ -133,17 +133,10 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
 
 
 def repair_rates(per_case: Sequence[Dict], method: str) -> Dict[str, Dict[str, float]]:
-    """Per class: share of broken base cases that `method` made intact, and of intact ones it broke."""
-    rates = {}
-    for name in per_case[0]["base"]:
-        broken = [c for c in per_case if c["base"][name]["broken"]]
-        intact = [c for c in per_case if not c["base"][name]["broken"]]
-        rates[name] = {
-            "broken_before": len(broken),
-            "repaired_share": float(np.mean([not c[method][name]["broken"] for c in broken])) if broken else 0.0,
-            "newly_broken_share": float(np.mean([c[method][name]["broken"] for c in intact])) if intact else 0.0,
-        }
-    return rates
+    """Per class, `method` against the base: broken cases repaired, intact ones newly broken, cases made worse
+    (`metrics.harm_and_repair`)."""
+    return {name: harm_and_repair([(c["base"][name], c[method][name]) for c in per_case])
+            for name in per_case[0]["base"]}
 
 
 def format_table(summary: Dict, title: Optional[str] = None) -> str:
@@ -160,10 +153,16 @@ def format_table(summary: Dict, title: Optional[str] = None) -> str:
             change = [f"{100 * (r[c] - b[c]) / b[c]:+.0f}%" if b[c] else f"{r[c] - b[c]:+.3f}" for c in COLUMNS]
             lines.append(f"| change | {name} | " + " | ".join(change) + " |")
         for name, rate in summary["repair"]["refined"].items():
-            lines.append(f"\n{name}: {rate['broken_before']} broken cases before, "
-                         f"{100 * rate['repaired_share']:.0f}% repaired; "
-                         f"{100 * rate['newly_broken_share']:.0f}% of intact cases broken by the refinement")
+            lines.append(f"\n{name}: {harm_line(rate)}")
     return "\n".join(lines)
+
+
+def harm_line(rate: Dict[str, float]) -> str:
+    """Repairs and harm of one class in words (`metrics.harm_and_repair`'s counts)."""
+    return (f"{rate['repaired']} of {rate['broken_before']} broken cases repaired; "
+            f"{rate['newly_broken']} of {rate['intact_before']} intact cases newly broken "
+            f"({100 * rate['newly_broken_share']:.0f}%); {rate['made_worse']} cases made worse, "
+            f"{rate['made_better']} better (beta0 + beta1 errors)")
 
 
 def save_summary(summary: Dict, path: str) -> None:

@@ -7,6 +7,8 @@ Conventions (stated because published numbers differ with them):
   characteristic (scikit-image, foreground 26-connectivity).
 - ASSD = mean of all surface-to-surface distances of both directions pooled; HD95 = the larger of the
   two directed 95th percentiles. Both in physical units from the spacing.
+- Signed errors (beta0_signed, beta1_signed): prediction minus label, so components or holes added count
+  up and lost ones down; their mean shows which way a method errs, which the absolute errors hide.
 - Empty masks: Dice/clDice are 1 when both are empty, 0 when one is; surface distances are 0 when both
   are empty and the image diagonal when only one is. No metric returns NaN.
 """
@@ -88,6 +90,7 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) 
     betti_pred, betti_ref = betti_numbers(pred), betti_numbers(ref)
     result = {"dice": dice(pred, ref), "cldice": cl_dice(pred, ref),
               "beta0_error": abs(betti_pred[0] - betti_ref[0]), "beta1_error": abs(betti_pred[1] - betti_ref[1]),
+              "beta0_signed": betti_pred[0] - betti_ref[0], "beta1_signed": betti_pred[1] - betti_ref[1],
               "broken": float(tuple(betti_pred[:2]) != tuple(betti_ref[:2]))}
     result.update(surface_distances(pred, ref, spacing))
     return result
@@ -113,3 +116,21 @@ def mean_metrics(per_case: Sequence[Dict[str, Dict[str, float]]]) -> Dict[str, D
         return {}
     return {name: {key: float(np.mean([case[name][key] for case in per_case])) for key in per_case[0][name]}
             for name in per_case[0]}
+
+
+def topology_errors(metrics: Dict[str, float]) -> float:
+    """beta0 + beta1 errors of one class in one case: what "made worse" compares."""
+    return metrics["beta0_error"] + metrics["beta1_error"]
+
+
+def harm_and_repair(pairs: Sequence[Tuple[Dict[str, float], Dict[str, float]]]) -> Dict[str, float]:
+    """Over (before, after) metrics of one class in several cases: broken cases repaired, intact cases newly
+    broken, and cases made worse (more beta0 + beta1 errors) or better, as counts and shares."""
+    broken = [not after["broken"] for before, after in pairs if before["broken"]]
+    intact = [bool(after["broken"]) for before, after in pairs if not before["broken"]]
+    change = [topology_errors(after) - topology_errors(before) for before, after in pairs]
+    share = lambda flags: float(np.mean(flags)) if flags else 0.0  # noqa: E731
+    return {"broken_before": len(broken), "repaired": int(sum(broken)), "repaired_share": share(broken),
+            "intact_before": len(intact), "newly_broken": int(sum(intact)), "newly_broken_share": share(intact),
+            "made_worse": int(sum(c > 0 for c in change)), "made_worse_share": share([c > 0 for c in change]),
+            "made_better": int(sum(c < 0 for c in change))}

@@ -27,8 +27,8 @@ from rnca_nnunet.files import shared_folder_permissions
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape, memory_format
 from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, reachable_region, run_tiled
-from rnca_nnunet.state import (LabelSemantics, Normalisation, complete_probabilities, mask_from_probabilities,
-                               probabilities_from_mask, segmentation_from_mask, segmentation_from_probabilities,
+from rnca_nnunet.state import (LabelSemantics, Normalisation, base_confidence, complete_probabilities,
+                               mask_from_probabilities, probabilities_from_mask, segmentation_from_mask, segmentation_from_probabilities,
                                target_from_label)
 
 FOLDER_NAME = "rnca"
@@ -170,9 +170,12 @@ class RNCARefiner:
         rule_axes = self.to_rule_axes(refined)
         _, used = self.refine_context(self.rule_context(image, probabilities), steps, stop_when_stable,
                                       out=rule_axes[-self.semantics.mask_channels:])
-        base = segmentation_from_probabilities(self.to_rule_axes(probabilities), self.semantics) \
-            if self.clean_up.keep_base_loops else None
-        return refined, self.from_rule_axes(self.read_out(rule_axes, base)), used
+        base, confidence = None, None
+        if self.clean_up.needs_base:
+            base_probabilities = self.to_rule_axes(probabilities)
+            base = segmentation_from_probabilities(base_probabilities, self.semantics)
+            confidence = base_confidence(base_probabilities, self.semantics)
+        return refined, self.from_rule_axes(self.read_out(rule_axes, base, confidence)), used
 
     def rule_context(self, image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """Raw image + nnU-Net probabilities -> the rule's context (I + K, ...) in the rule's axis order."""
@@ -190,26 +193,33 @@ class RNCARefiner:
         lead = list(range(array.ndim - 3))
         return array.transpose(lead + [len(lead) + int(a) for a in np.argsort(self.transpose_forward)])
 
-    def clean_segmentation(self, segmentation: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
+    def clean_segmentation(self, segmentation: np.ndarray, base: Optional[np.ndarray] = None,
+                           confidence: Optional[np.ndarray] = None) -> np.ndarray:
         """A label map (Z, Y, X) after the read-out's `clean_up` (see cleanup.py), chosen on the CV cases;
-        `base` is the label map the rule refined (needed when the clean-up keeps the base's loops)."""
-        return self.clean_up(segmentation, self.model.shape.ndim == 2, base)
+        `base` is the label map the rule refined and `confidence` how sure the base was of it
+        (`state.base_confidence`), both needed when `clean_up.needs_base`."""
+        return self.clean_up(segmentation, self.model.shape.ndim == 2, base, confidence)
 
-    def read_out(self, probabilities: np.ndarray, base: Optional[np.ndarray] = None) -> np.ndarray:
+    def read_out(self, probabilities: np.ndarray, base: Optional[np.ndarray] = None,
+                 confidence: Optional[np.ndarray] = None) -> np.ndarray:
         """In place: probabilities (C, Z, Y, X) whose last K channels hold the rule's mask are completed
         (`complete_probabilities`) and made to agree with `clean_segmentation`'s labels; returns those labels."""
         complete_probabilities(probabilities, self.semantics)
         segmentation = segmentation_from_probabilities(probabilities, self.semantics)
-        cleaned = self.clean_segmentation(segmentation, base)
+        cleaned = self.clean_segmentation(segmentation, base, confidence)
         if cleaned is not segmentation:
             changed = cleaned != segmentation
             probabilities[:, changed] = probabilities_from_mask(target_from_label(cleaned[changed], self.semantics)[0],
                                                                 self.semantics)
         return cleaned
 
-    def segment(self, mask: np.ndarray) -> np.ndarray:
-        """Refined mask channels -> the label map that prediction writes."""
-        return self.clean_segmentation(segmentation_from_mask(mask, self.semantics))
+    def segment(self, mask: np.ndarray, base_mask: np.ndarray) -> np.ndarray:
+        """Refined mask channels, and the base's mask channels they were refined from -> the label map that
+        prediction writes."""
+        base_probabilities = probabilities_from_mask(base_mask, self.semantics)
+        return self.clean_segmentation(segmentation_from_mask(mask, self.semantics),
+                                       segmentation_from_probabilities(base_probabilities, self.semantics),
+                                       base_confidence(base_probabilities, self.semantics))
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
                        plan: Optional[TilePlan] = None, out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:

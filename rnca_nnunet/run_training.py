@@ -18,22 +18,28 @@ from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case, partial_cv_note
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.pictures import plot_progress
+from rnca_nnunet.readout import unrefined_classes
 from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
 from rnca_nnunet.validation import split_cases
 
 
-def write_training_outputs(folder: str, record: TrainingRecord) -> List[str]:
-    """validation.json (the kept refiner's before/after) and progress.png; returns the files written."""
+def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRecord) -> List[str]:
+    """validation.json (the kept refiner's read-out, its per-class decision with its repairs and harm, and its
+    before/after on the held-out cases) and progress.png; returns the files written."""
     os.makedirs(folder, exist_ok=True)
+    unrefined = unrefined_classes(refiner)
     files = []
     if record.final:
         best = record.final
         path = os.path.join(folder, "validation.json")
+        decision = {name: {"refined": name not in unrefined, "score": best.class_score([name]), **best.harm([name])}
+                    for name in best.after}
         with open(path, "w") as handle:
-            json.dump({"iteration": best.iteration, "mean_before": best.before, "mean_after": best.after,
-                       "per_case": best.per_case}, handle, indent=2)
+            json.dump({"iteration": best.iteration, "read_out": str(refiner.clean_up), "per_class": decision,
+                       "mean_before": best.before, "mean_after": best.after, "per_case": best.per_case},
+                      handle, indent=2)
         files.append(path)
     files.append(plot_progress(os.path.join(folder, "progress.png"), record.validations, record.losses))
     return files
@@ -56,7 +62,7 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
     finally:  # the case copies can be gigabytes; a failed run keeps only its log
         for name in ("cases", "read_out"):
             shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
-    extra = write_training_outputs(staging, record) + [log_path]
+    extra = write_training_outputs(staging, refiner, record) + [log_path]
     refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
     shutil.rmtree(staging, ignore_errors=True)
     return refiner

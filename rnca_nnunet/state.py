@@ -87,6 +87,14 @@ def segmentation_from_probabilities(probabilities: np.ndarray, semantics: LabelS
     return np.asarray(segmentation).astype(np.uint8 if len(semantics.manager.foreground_labels) < 255 else np.uint16)
 
 
+def base_confidence(probabilities: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
+    """Per cell, how sure nnU-Net was of the label it exports there: the winning softmax probability, or with
+    regions the least sure region's max(p, 1 - p). 1 everywhere for a hard mask (labels refined as a base)."""
+    if semantics.has_regions:
+        return np.maximum(probabilities, 1.0 - probabilities).min(0).astype(np.float32)
+    return probabilities.max(0).astype(np.float32)
+
+
 def segmentation_from_mask(mask: np.ndarray, semantics: LabelSemantics) -> np.ndarray:
     """The label map nnU-Net would export for these mask channels."""
     return segmentation_from_probabilities(probabilities_from_mask(mask, semantics), semantics)

@@ -8,12 +8,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from rnca_nnunet.data import TrainingCase
-from rnca_nnunet.metrics import case_metrics, mean_metrics
+from rnca_nnunet.metrics import case_metrics, harm_and_repair, mean_metrics
 from rnca_nnunet.refiner import RNCARefiner
-from rnca_nnunet.state import segmentation_from_mask
+from rnca_nnunet.state import (base_confidence, probabilities_from_mask, segmentation_from_mask,
+                               segmentation_from_probabilities)
 
 
-NEWLY_BROKEN_WEIGHT = 1.0  # breaking every intact structure costs as much as leaving every error in place
+HARM_WEIGHT = 1.0  # breaking every intact structure costs as much as leaving every error in place
 
 
 def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int,
@@ -42,24 +43,32 @@ class ValidationResult:
 
     @property
     def score(self) -> float:
-        """Lower is better: remaining share of topology errors, minus a reward for Dice gained, plus the share
-        of intact structures the refinement broke.
+        """Lower is better (1 for the base itself): see `class_score`, over every class."""
+        return self.class_score(list(self.after))
+
+    def class_score(self, names: Sequence[str]) -> float:
+        """Lower is better, 1 for leaving the base as it is: the remaining share of the classes' topology errors,
+        minus a reward for Dice gained, plus the share of intact (case, class) pairs the refinement broke and
+        of pairs it made worse (more beta0 + beta1 errors than the base).
 
         One error per class is added above and below the fraction, so that bases with almost no
         topology errors (refining good labels) do not turn a few new errors into a huge ratio. Mean errors
         alone let repairs on broken cases pay for breaking intact ones (a tunnel through a sound 3D wall, a
         pinhole in a correct mortar line); a user never wants the latter, so it is charged on its own."""
-        topo = lambda m: sum(c["beta0_error"] + c["beta1_error"] + 1.0 for c in m.values())  # noqa: E731
-        dice = lambda m: float(np.mean([c["dice"] for c in m.values()]))  # noqa: E731
+        topo = lambda m: sum(m[n]["beta0_error"] + m[n]["beta1_error"] + 1.0 for n in names)  # noqa: E731
+        dice = lambda m: float(np.mean([m[n]["dice"] for n in names]))  # noqa: E731
+        harm = self.harm(names)
         return (topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
-                + NEWLY_BROKEN_WEIGHT * self.newly_broken_share)
+                + HARM_WEIGHT * (harm["newly_broken_share"] + harm["made_worse_share"]))
 
     @property
     def newly_broken_share(self) -> float:
         """Of the (case, class) pairs whose topology was right before, the share that is wrong after."""
-        intact = [(case["after"][name]["broken"] > 0) for case in self.per_case
-                  for name, metrics in case["before"].items() if not metrics["broken"]]
-        return float(np.mean(intact)) if intact else 0.0
+        return self.harm(list(self.after))["newly_broken_share"]
+
+    def harm(self, names: Sequence[str]) -> Dict[str, float]:
+        """`metrics.harm_and_repair` over the (case, class) pairs of these classes."""
+        return harm_and_repair([(case["before"][n], case["after"][n]) for case in self.per_case for n in names])
 
 
 Refined = Tuple[Union[np.ndarray, str], int]  # label map before the read-out's clean-up (or its .npy), steps
@@ -93,8 +102,10 @@ def validate(refiner: RNCARefiner, cases: Sequence[TrainingCase], iteration: int
         reference = segmentation_from_mask(case.target, semantics)
         ignored = np.asarray(case.valid) == 0  # the ignore label is scored nowhere, as in nnU-Net's evaluation
         entry = {"case": case.name, "steps": steps}
-        before = segmentation_from_mask(case.mask, semantics)
-        for key, segmentation in (("before", before), ("after", refiner.clean_segmentation(raw, before))):
+        base_probabilities = probabilities_from_mask(np.asarray(case.mask), semantics)
+        before = segmentation_from_probabilities(base_probabilities, semantics)
+        after = refiner.clean_segmentation(raw, before, base_confidence(base_probabilities, semantics))
+        for key, segmentation in (("before", before), ("after", after)):
             entry[key] = case_metrics(np.where(ignored, 0, segmentation), reference, case.spacing, semantics.classes)
         per_case.append(entry)
     return ValidationResult(iteration, mean_metrics([c["before"] for c in per_case]),

@@ -113,8 +113,8 @@ def share_of_labels_changed_by_precision(refiner, cases) -> float:
 
     def labels(precision):
         refiner.precision = precision
-        return [refiner.segment(refiner.refine_context(np.concatenate([c.image, c.mask]), refiner.steps, False)[0])
-                for c in cases]
+        return [refiner.segment(refiner.refine_context(np.concatenate([c.image, c.mask]), refiner.steps, False)[0],
+                                c.mask) for c in cases]
 
     own = refiner.precision
     try:

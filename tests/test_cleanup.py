@@ -2,7 +2,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from rnca_nnunet.cleanup import (CleanUp, fill_holes, hole_measures, keep_base_loops, loop_mismatches,
+from rnca_nnunet.cleanup import (CleanUp, fill_holes, hole_measures, keep_base_topology, loop_mismatches,
                                  remove_small_components)
 from rnca_nnunet.metrics import betti_numbers
 
@@ -167,7 +167,7 @@ def test_the_base_loops_come_back_at_the_fewest_cells_while_moved_and_thickened_
     refined[:, 13:18, 1:6] = 1  # brick 6 filled: a loop lost
     refined[:, 21:23, 3:15] = 0  # a sliver opened in the band: a loop added
     refined[1, 13:18, 12], refined[1, 13:18, 11] = 0, 1  # slice 1 only: a joint moved one cell to the left
-    kept = keep_base_loops(refined, base, per_slice=True)
+    kept = keep_base_topology(refined, base, per_slice=True)
     assert (kept[:, 1:6, 6] == 1).all() and (kept[:, 0, 14:17] == 1).all()
     assert ((kept[:, 9, 7:12] == 0).sum(axis=1) == 1).all(), "the added wall gets one gap, not removed whole"
     assert (kept[:, 7, 7:12] == 1).all(), "the thickening of a brick's wall stays"
@@ -175,18 +175,23 @@ def test_the_base_loops_come_back_at_the_fewest_cells_while_moved_and_thickened_
     assert (kept[1, 13:18, 12] == 0).all() and (kept[1, 13:18, 11] == 1).all(), "a moved wall loses no loop"
     assert sorted(hole_measures(kept, True)[0].tolist()) == [16, 16, 20] + [25] * 14 + [30]
     assert loop_mismatches(kept, base, True) == 0 < loop_mismatches(refined, base, True)
-    assert (CleanUp(keep_base_loops=True)(refined, True, base) == kept).all()
+    assert (CleanUp(guard=0.0)(refined, True, base) == kept).all()
 
 
 def test_keeping_the_base_loops_changes_cells_only_back_to_the_base_and_always_matches_it():
-    """Random maps, 2D and whole 3D volumes: the result has the base's loops and differs from the input only
-    where it took the base's label."""
+    """Random maps, 2D and whole 3D volumes: the result has the base's loops and components (of each label and
+    of their union) and differs from the input only where it took the base's label."""
     rng = np.random.default_rng(0)
     for trial in range(60):
         shape = (1, 32, 32) if trial % 2 else (5, 12, 12)
         base = (rng.random(shape) < rng.uniform(0.3, 0.7)).astype(np.uint8) * rng.integers(1, 3, shape)
         refined = np.where(rng.random(shape) < 0.1, rng.integers(0, 3, shape), base).astype(np.uint8)
-        kept = keep_base_loops(refined, base, per_slice=False)
+        kept = keep_base_topology(refined, base, per_slice=False)
         changed = kept != refined
         assert (kept[changed] == base[changed]).all()
         assert loop_mismatches(kept, base, False) == 0
+        for label in (1, 2):  # each label's loops and components too
+            ours, theirs = (kept == label).astype(np.uint8), (base == label).astype(np.uint8)
+            assert loop_mismatches(ours, theirs, False) == 0
+            assert betti_numbers(ours[0] if shape[0] == 1 else ours)[0] == betti_numbers(
+                theirs[0] if shape[0] == 1 else theirs)[0]

@@ -42,6 +42,11 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c.update(max_hole_radius="1.5"), "max_hole_radius must be a number"),
     (lambda c: c.update(max_hole_radius=-1), "max_hole_radius must be a number"),
     (lambda c: c.update(keep_base_loops="yes"), "keep_base_loops must be true or false"),
+    (lambda c: c.update(guard=1.5), "guard must be null or a confidence from 0 to 1"),
+    (lambda c: c.update(guard=float("nan")), "guard must be null or a confidence from 0 to 1"),
+    (lambda c: c.update(guard="0.9"), "guard must be null or a confidence from 0 to 1"),
+    (lambda c: c.update(unrefined_labels=[0]), "unrefined_labels must be a list of label values"),
+    (lambda c: c.update(unrefined_labels="1"), "unrefined_labels must be a list of label values"),
     (lambda c: c.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
     (lambda c: c.pop("labels"), "labels"),
 ])

@@ -50,10 +50,10 @@ def test_tiled_refinement_equals_untiled(ndim, shape, plan):
 
 def test_save_and_load_round_trip(tmp_path):
     refiner = random_refiner(2)
-    refiner.clean_up = CleanUp(4, 8, 1.5, keep_base_loops=True)
+    refiner.clean_up = CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,))
     refiner.save(str(tmp_path / "rnca"))
     loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
-    assert loaded.clean_up == CleanUp(4, 8, 1.5, keep_base_loops=True)
+    assert loaded.clean_up == CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,))
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
     b, seg_b, _ = loaded.refine(image, probabilities)
@@ -114,7 +114,7 @@ def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
     mask[0, 0, 2, 2] = 0.1
     mask[1, 0, 8, 8] = mask[1, 0, 9, 9] = 0.8  # MYO pair of 2 cells touching diagonally: removed
     mask[1, 0, 5, 5] = 0.9  # a lone MYO cell touching the LV block: its own label, removed
-    segmentation = refiner.segment(mask)
+    segmentation = refiner.segment(mask, mask)
     assert (segmentation == 1).sum() == 16 and (segmentation == 2).sum() == 0
     torch.nn.init.zeros_(refiner.model.update_out.weight)  # the rule keeps the mask: only the read-out acts
     probabilities, written, _ = refiner.refine(np.zeros((1, 1, 12, 12), np.float32),
@@ -122,7 +122,7 @@ def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
     np.testing.assert_array_equal(written, segmentation)
     np.testing.assert_array_equal(probabilities.argmax(0), segmentation, "probabilities agree with the labels")
     refiner.clean_up = CleanUp(2, 0)
-    assert (refiner.segment(mask) == 2).sum() == 2 and refiner.segment(mask)[0, 2, 2] == 0
+    assert (refiner.segment(mask, mask) == 2).sum() == 2 and refiner.segment(mask, mask)[0, 2, 2] == 0
 
 
 @pytest.mark.parametrize("ndim, shape, z", [(2, (5, 20, 24), 3), (3, (30, 16, 20), 21)])
@@ -204,7 +204,7 @@ def test_a_refiner_that_keeps_the_base_loops_matches_the_base_background_regions
     base = probabilities.argmax(0)
     _, free, _ = refiner.refine(image, probabilities)
     assert loop_mismatches(free, base, True) > 0, "the rule must change loops for the test to mean anything"
-    refiner.clean_up = CleanUp(keep_base_loops=True)
+    refiner.clean_up = CleanUp(guard=0.0)
     refined, kept, _ = refiner.refine(image, probabilities)
     assert loop_mismatches(kept, base, True) == 0
     assert (kept != base).any(), "outlines may still change"
