@@ -11,6 +11,7 @@ dataset and writes them to a markdown file.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import time
@@ -50,20 +51,42 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
     if train:
         add_cleanup_baseline(folders, RNCARefiner.from_folder(os.path.join(model_folder, "rnca")), labels,
                              os.path.join(out, "predictions", "clean-up alone"), model.file_ending)
-        folders["rNCA"] = os.path.join(out, "predictions", "rNCA")
-        run_step(["nnUNetv2_refine_rnca", "-i", folders["base"], "-images", images, "-o", folders["rNCA"],
-                  "-m", model_folder, "-device", "cpu"], env, log)
+        unguarded = unguarded_model_folder(model_folder, os.path.join(out, "unguarded"))
+        for name, folder in (("rNCA", model_folder), ("rNCA, guard off (same weights)", unguarded)):
+            folders[name] = os.path.join(out, "predictions", name.split(",")[0] + (" unguarded" if "," in name else ""))
+            run_step(["nnUNetv2_refine_rnca", "-i", folders["base"], "-images", images, "-o", folders[name],
+                      "-m", folder, "-device", "cpu"], env, log)
     return {"model_folder": model_folder, "folders": folders, "images": images,
             "labels": os.path.join(env["nnUNet_raw"], dataset, "labelsTs")}
 
 
+def unguarded_model_folder(model_folder: str, out: str) -> str:
+    """A copy of the model folder's JSON files and refiner whose read-out has no guard and refines every class,
+    as before the guard existed: the same weights, to show what the guard does."""
+    copy = os.path.join(out, *model_folder.rstrip(os.sep).split(os.sep)[-2:])
+    os.makedirs(os.path.join(copy, "rnca"), exist_ok=True)
+    for name in ("dataset.json", "plans.json"):
+        shutil.copy2(os.path.join(model_folder, name), copy)
+    shutil.copy2(os.path.join(model_folder, "rnca", "refiner.safetensors"), os.path.join(copy, "rnca"))
+    with open(os.path.join(model_folder, "rnca", "rnca.json")) as handle:
+        config = json.load(handle)
+    config.update(guard=None, unrefined_labels=[])
+    with open(os.path.join(copy, "rnca", "rnca.json"), "w") as handle:
+        json.dump(config, handle, indent=2)
+    return copy
+
+
 def add_cleanup_baseline(folders: dict, refiner: RNCARefiner, labels: List[int], out_folder: str,
                          file_ending: str) -> None:
-    """The rNCA read-out's clean-up alone on the base masks, when the refiner uses one: shows what the rule adds."""
-    if refiner.clean_up != CleanUp():
-        folders[f"clean-up alone ({refiner.clean_up})"] = out_folder
-        apply_to_folder(lambda segmentation, _: refiner.clean_segmentation(segmentation, segmentation), labels,
-                        folders["base"], out_folder, file_ending)
+    """The rNCA read-out's clean-up sizes alone on the base masks, when the refiner uses any: shows what the rule
+    adds (the guard and the unrefined labels compare with the base, and change nothing on the base itself)."""
+    c = refiner.clean_up
+    sizes = CleanUp(c.min_component_size, c.min_hole_size, c.max_hole_radius)
+    if sizes != CleanUp():
+        folders[f"clean-up alone ({sizes})"] = out_folder
+        per_slice = refiner.model.shape.ndim == 2
+        apply_to_folder(lambda segmentation, _: sizes(segmentation, per_slice), labels, folders["base"], out_folder,
+                        file_ending)
 
 
 def zero_shot(source: dict, target: dict, out: str, log) -> None:

@@ -16,14 +16,17 @@ methods are compared on the val split, as in benchmarks/quality.py.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
-from typing import Optional
+from typing import List, Optional
+
+import numpy as np
 
 import torch
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
-from quality import add_cleanup_baseline, compare_methods, results_table, write_markdown
+from quality import compare_methods, results_table, write_markdown
 from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.demo import nnunet_environment, train_base_model
@@ -60,10 +63,20 @@ def published_table() -> str:
     return "\n".join(lines)
 
 
-def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Optional[int]) -> str:
-    """Train on the train split's (imperfect, accurate) pairs, write every method's val-split masks; a table."""
+SPREAD_COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "beta1_signed")
+
+
+def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Optional[int], seed: int) -> dict:
+    """Train on the train split's (imperfect, accurate) pairs with `seed`, write every method's val-split masks;
+    returns the evaluation summary and the read-out chosen. Kept in `out`/`kind`/seed`seed`/summary.json, so a
+    stopped benchmark resumes."""
+    out = os.path.join(out, kind, f"seed{seed}")
+    done = os.path.join(out, "summary.json")
+    if os.path.isfile(done):
+        with open(done) as handle:
+            return json.load(handle)
     semantics, normalisation = LabelSemantics({"background": 0, "mortar": 1}), Normalisation(["ZScoreNormalization"] * 3, {})
-    overrides = {"corrupted_fraction": 0.0}
+    overrides = {"corrupted_fraction": 0.0, "seed": seed}
     if iterations:
         overrides.update(iterations=iterations, validate_every=max(1, iterations // 15))
     config = load_preset(PRESET, overrides)
@@ -71,24 +84,49 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
     counts = [topology_error_count(case, 2) for case in cases] if config.holdout_by_errors else None
     train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed, counts)
     refiner, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
-                                  torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False)
+                               torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False)
     folders = {"base": os.path.join(folder, f"labelsTs_{kind}"),
-               **{name: os.path.join(out, kind, name) for name in ("largest component", "closing")}}
+               **{name: os.path.join(out, name) for name in ("largest component", "closing")}}
     apply_to_folder(keep_largest_component, [1], folders["base"], folders["largest component"], ".png")
     apply_to_folder(morphological_closing, [1], folders["base"], folders["closing"], ".png")
-    add_cleanup_baseline(folders, refiner, [1], os.path.join(out, kind, "clean-up alone"), ".png")
+    folders["clean-up alone"] = os.path.join(out, "clean-up alone")
+    apply_to_folder(lambda segmentation, _: refiner.clean_segmentation(segmentation, segmentation), [1],
+                    folders["base"], folders["clean-up alone"], ".png")
     test_cases = imperfect_label_cases(folder, "Ts", kind, Normalisation(["NoNormalization"] * 3, {}))
-    guard = refiner.clean_up.guard
-    for threshold in [t for t in (None, 0.0) if t != guard]:  # the same weights, guard off and always on
-        name = f"rNCA, guard {'off' if threshold is None else 'always on'} (same weights)"
-        folders[name] = os.path.join(out, kind, f"rNCA guard {threshold}")
+    guard, read_out = refiner.clean_up.guard, str(refiner.clean_up)
+    for name, threshold in (("rNCA, guard off (same weights)", None), ("rNCA, guard always on (same weights)", 0.0),
+                            ("rNCA (guard chosen on held-out walls)", guard)):
+        folders[name] = os.path.join(out, name.split(" (")[0].replace(",", ""))
         refiner.clean_up.guard = threshold
         write_refined(refiner, test_cases, folders[name])
-    refiner.clean_up.guard = guard
-    folders[f"rNCA (guard {'off' if guard is None else f'{guard:g}'}, chosen)"] = os.path.join(out, kind, "rNCA")
-    write_refined(refiner, test_cases, os.path.join(out, kind, "rNCA"))
-    return results_table(f"TopoMortar, refining the `{kind}` labels (val split)",
-                         evaluate_folders(os.path.join(folder, "labelsTs"), folders))
+    result = {"summary": evaluate_folders(os.path.join(folder, "labelsTs"), folders), "read_out": read_out}
+    with atomic_path(done) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(result, handle)
+    return result
+
+
+def spread_table(title: str, results: List[dict]) -> str:
+    """Mean (min-max) over seeds of each method's metrics and harm, one row per method."""
+    columns = [*SPREAD_COLUMNS, "repaired", "newly_broken", "made_worse"]
+    lines = [f"### {title}: mean (min-max) over {len(results)} seeds", "",
+             "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for method in results[0]["summary"]["mean"]:
+        cells = []
+        for column in columns:
+            if column in SPREAD_COLUMNS:
+                values = [r["summary"]["mean"][method]["mortar"][column] for r in results]
+            elif method == "base":
+                cells.append("-")
+                continue
+            else:
+                values = [r["summary"]["repair"][method]["mortar"][column] for r in results]
+            cells.append(f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if column in SPREAD_COLUMNS
+                         else f"{np.mean(values):.1f} ({min(values)}-{max(values)})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- seed {seed}: read-out {r['read_out']}" for seed, r in zip(range(len(results)), results)]
+    return "\n".join(lines)
 
 
 def write_refined(refiner: RNCARefiner, cases, out_folder: str) -> None:
@@ -110,13 +148,23 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["labels"], choices=["labels", "nnunet"],
                         help="labels: refine the noisy/pseudo labels; nnunet: train nnU-Net and refine its predictions")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="nnU-Net folds (--nnunet)")
+    parser.add_argument("--kinds", nargs="+", default=list(IMPERFECT), choices=list(IMPERFECT),
+                        help="which imperfect labels to refine (--parts labels)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="training seeds of the label refiners; with several, a table of the mean and range")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     started, out = time.time(), os.path.abspath(args.out)
     env = nnunet_environment(out)
     folder = convert(args.source, env["nnUNet_raw"], 950, args.downsample)
-    tables = [refine_imperfect_labels(folder, kind, out, args.rnca_iterations)
-              for kind in IMPERFECT if "labels" in args.parts]
+    tables = []
+    for kind in (args.kinds if "labels" in args.parts else []):
+        results = [refine_imperfect_labels(folder, kind, out, args.rnca_iterations, seed) for seed in args.seeds]
+        tables += [results_table(f"TopoMortar, refining the `{kind}` labels (val split), seed {seed}; read-out "
+                                 f"{result['read_out']}", result["summary"])
+                   for seed, result in zip(args.seeds, results)]
+        if len(results) > 1:
+            tables.insert(len(tables) - len(results), spread_table(f"TopoMortar `{kind}` labels (val split)", results))
     if "nnunet" in args.parts:
         with open(os.path.join(out, "benchmark.log"), "w") as log:
             train_base_model(950, "2d", env, log, args.folds)
@@ -128,7 +176,8 @@ def main() -> None:
     for table in tables:
         print("\n" + table, flush=True)
     header = (f"Generated by `python benchmarks/topomortar.py --downsample {args.downsample} --parts "
-              f"{' '.join(args.parts)} --folds {' '.join(map(str, args.folds))}"
+              f"{' '.join(args.parts)} --folds {' '.join(map(str, args.folds))} --kinds {' '.join(args.kinds)} "
+              f"--seeds {' '.join(map(str, args.seeds))}"
               f"{f' --rnca_iterations {args.rnca_iterations}' if args.rnca_iterations else ''}` in "
               f"{(time.time() - started) / 60:.0f} minutes ({'CUDA' if torch.cuda.is_available() else 'CPU'}).")
     write_markdown(args.markdown, "Quality benchmark: TopoMortar", header, tables)

@@ -18,6 +18,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 from skimage.graph import MCP
+from skimage.segmentation import expand_labels
 
 
 def remove_small_components(segmentation: np.ndarray, labels: List[int], min_size: int) -> np.ndarray:
@@ -212,19 +213,61 @@ def _fill_opened_holes(out: np.ndarray, base: np.ndarray, theirs: np.ndarray, gu
 
 
 def _keep_base_components(out: np.ndarray, base: np.ndarray, guard: _Guard) -> None:
-    """Foreground components (26-connected) matched with the base's: a base component the rule removed or
-    split gets its removed cells back, and the cells the rule added to make a component of its own or to join
-    two of the base's are taken away again (piece by connected piece of changed cells)."""
+    """Foreground components (26-connected) matched one to one with the base's, changing as few cells as it
+    can: a base component the rule removed comes back; one it split is joined again along the path through the
+    base component that restores the fewest cells; a component the rule made where the base had none goes; one
+    that joins several base components is cut where the cells it added meet (each added cell goes with its
+    nearest base component; added cells next to another's are cleared), so thickening elsewhere stays."""
     ours = cc3d.connected_components(out > 0, connectivity=26)
     theirs = cc3d.connected_components(base > 0, connectivity=26)
     ours_meets, theirs_meets = _overlaps(ours, theirs)
-    for labelled, meets, changed, value in ((theirs, theirs_meets, out == 0, base), (ours, ours_meets, base == 0, 0)):
-        unmatched = meets != 1
-        unmatched[0] = False
-        pieces = cc3d.connected_components(unmatched[labelled] & changed, connectivity=26)
-        undo = guard.pieces(pieces)
-        undo[0] = False
-        out[undo[pieces]] = value if np.isscalar(value) else value[undo[pieces]]
+    for index, box in enumerate(ndimage.find_objects(theirs), start=1):
+        if box is None or theirs_meets[index] == 1:
+            continue
+        cells, view = theirs[box] == index, out[box]
+        if not guard.cells(cells & (view == 0), box):
+            continue
+        if theirs_meets[index] == 0:
+            view[cells] = base[box][cells]
+            continue
+        _join_pieces(np.where(cells, ours[box], 0), cells, view, base[box])
+    for index, box in enumerate(ndimage.find_objects(ours), start=1):
+        if box is None or ours_meets[index] == 1:
+            continue
+        cells, view = ours[box] == index, out[box]
+        added = cells & (base[box] == 0)
+        if not guard.cells(added, box):
+            continue
+        if ours_meets[index] == 0:
+            view[added] = 0
+            continue
+        zones = expand_labels(np.where(cells, theirs[box], 0), distance=max(view.shape))
+        view[added & _meets_another(np.where(cells, zones, 0))] = 0
+
+
+def _join_pieces(pieces: np.ndarray, cells: np.ndarray, view: np.ndarray, base: np.ndarray) -> None:
+    """Within `cells` (one base component), join every piece of our foreground to the largest along the path
+    that gives back the fewest of the base's cells (`view`, our labels, is changed in place)."""
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    seed = sizes.argmax()
+    paths = MCP(np.where(cells, np.where(view > 0, 1e-3, 1.0), -1.0), fully_connected=True)
+    costs, _ = paths.find_costs(np.argwhere(pieces == seed))
+    for piece in np.flatnonzero(sizes):
+        if piece != seed:
+            ends = np.argwhere(pieces == piece)
+            path = tuple(np.array(paths.traceback(tuple(ends[np.argmin(costs[tuple(ends.T)])]))).T)
+            view[path] = np.where(view[path] > 0, view[path], base[path])
+
+
+def _meets_another(zones: np.ndarray) -> np.ndarray:
+    """Cells of a zone with a 26-neighbour in another zone (0 is no zone)."""
+    meets = np.zeros(zones.shape, bool)
+    padded = np.pad(zones, 1)
+    for offset in np.ndindex(*(3,) * zones.ndim):
+        other = padded[tuple(slice(o, o + n) for o, n in zip(offset, zones.shape))]
+        meets |= (other > 0) & (other != zones)
+    return meets & (zones > 0)
 
 
 def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bool,

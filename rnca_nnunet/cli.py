@@ -118,7 +118,10 @@ NNUNET_PREDICT_OPTIONS = frozenset({
     "i", "o", "d", "p", "tr", "c", "f", "step_size", "disable_tta", "verbose", "save_probabilities",
     "continue_prediction", "chk", "npp", "nps", "prev_stage_predictions", "num_parts", "part_id", "device",
     "disable_progress_bar", "not_on_device"})
-REFINER_OPTIONS = ("refiner", "refiner_steps", "refiner_precision", "png", "gif")
+REFINER_OPTIONS = ("refiner", "refiner_steps", "refiner_precision", "png", "gif", "save_uncertainty")
+UNCERTAINTY_HELP = ("write <case>_uncertainty.npz beside each case: per cell the share of 8 stochastic rollouts "
+                    "(cells firing at random, as in training) whose label differs from the written one; 8x the "
+                    "refinement time")
 
 
 class _ParserHandedOver(Exception):
@@ -162,6 +165,7 @@ def predict_parser() -> argparse.ArgumentParser:
                             "of float32's, see benchmarks/SPEED_CUDA.md)")
     group.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
     group.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
+    group.add_argument("--save_uncertainty", action="store_true", help=UNCERTAINTY_HELP)
     return parser
 
 
@@ -176,8 +180,10 @@ def predict_entry_point(argv: Optional[List[str]] = None) -> None:
     if unhandled:
         raise InputError(f"nnUNetv2_predict option(s) {unhandled} are not supported by this rnca-nnunet version; "
                          f"use nnUNetv2_predict, or update rnca-nnunet")
-    if args.refiner == "none" and (args.refiner_steps is not None or args.refiner_precision or args.png or args.gif):
-        raise InputError("--refiner_steps, --refiner_precision, --png and --gif need a refiner; add --refiner rnca")
+    if args.refiner == "none" and (args.refiner_steps is not None or args.refiner_precision or args.png or args.gif
+                                   or args.save_uncertainty):
+        raise InputError("--refiner_steps, --refiner_precision, --png, --gif and --save_uncertainty need a refiner; "
+                         "add --refiner rnca")
     run_prediction(args)
 
 
@@ -202,7 +208,7 @@ def run_prediction(args: argparse.Namespace) -> None:
                               perform_everything_on_device=not args.not_on_device, device=device,
                               verbose=args.verbose, verbose_preprocessing=args.verbose,
                               allow_tqdm=not args.disable_progress_bar, refiner_steps=steps,
-                              pictures=PictureFolders(args.png, args.gif))
+                              pictures=PictureFolders(args.png, args.gif), save_uncertainty=args.save_uncertainty)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk,
                                                    refiner=None if args.refiner == "none" else args.refiner)
     if args.refiner != "none" and predictor.refiner is None:
@@ -297,6 +303,7 @@ def refine_folder_entry_point() -> None:
     parser.add_argument("-device", default=None)
     parser.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
     parser.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
+    parser.add_argument("--save_uncertainty", action="store_true", help=UNCERTAINTY_HELP)
     args = parser.parse_args()
     if args.m is None and args.d is None:
         raise InputError("give the model folder with -m, or -d (and -c/-tr/-p) as for nnUNetv2_predict")
@@ -305,7 +312,7 @@ def refine_folder_entry_point() -> None:
     if refiner is None:
         raise InputError(f"refiner '{args.refiner}' refines nothing; copy the files instead")
     refine_folder(refiner, model, args.i, args.images, args.o, args.save_probabilities, args.refiner_steps,
-                  pictures=PictureFolders(args.png, args.gif))
+                  pictures=PictureFolders(args.png, args.gif), save_uncertainty=args.save_uncertainty)
 
 
 def synthetic_entry_point(argv: Optional[List[str]] = None) -> None:

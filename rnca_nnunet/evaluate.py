@@ -13,7 +13,7 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
-from rnca_nnunet.metrics import case_metrics, harm_and_repair, mean_metrics
+from rnca_nnunet.metrics import case_metrics, harm_and_repair, harm_line, mean_metrics
 from rnca_nnunet.pictures import write_overlay
 
 COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "beta0_signed", "beta1_signed", "assd", "hd95", "broken")
@@ -155,14 +155,6 @@ def format_table(summary: Dict, title: Optional[str] = None) -> str:
         for name, rate in summary["repair"]["refined"].items():
             lines.append(f"\n{name}: {harm_line(rate)}")
     return "\n".join(lines)
-
-
-def harm_line(rate: Dict[str, float]) -> str:
-    """Repairs and harm of one class in words (`metrics.harm_and_repair`'s counts)."""
-    return (f"{rate['repaired']} of {rate['broken_before']} broken cases repaired; "
-            f"{rate['newly_broken']} of {rate['intact_before']} intact cases newly broken "
-            f"({100 * rate['newly_broken_share']:.0f}%); {rate['made_worse']} cases made worse, "
-            f"{rate['made_better']} better (beta0 + beta1 errors)")
 
 
 def save_summary(summary: Dict, path: str) -> None:

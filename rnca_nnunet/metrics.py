@@ -134,3 +134,11 @@ def harm_and_repair(pairs: Sequence[Tuple[Dict[str, float], Dict[str, float]]]) 
             "intact_before": len(intact), "newly_broken": int(sum(intact)), "newly_broken_share": share(intact),
             "made_worse": int(sum(c > 0 for c in change)), "made_worse_share": share([c > 0 for c in change]),
             "made_better": int(sum(c < 0 for c in change))}
+
+
+def harm_line(rate: Dict[str, float]) -> str:
+    """Repairs and harm of one class in words (`metrics.harm_and_repair`'s counts)."""
+    return (f"{rate['repaired']} of {rate['broken_before']} broken cases repaired; "
+            f"{rate['newly_broken']} of {rate['intact_before']} intact cases newly broken "
+            f"({100 * rate['newly_broken_share']:.0f}%); {rate['made_worse']} cases made worse, "
+            f"{rate['made_better']} better (beta0 + beta1 errors)")

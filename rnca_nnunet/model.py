@@ -96,16 +96,19 @@ class RNCA(nn.Module):
         width = self.update_in.in_channels // 2
         return self._conv(self.context(context_input), self.update_in.weight[:, width:], self.update_in.bias)
 
-    def step(self, state: torch.Tensor, drive: torch.Tensor, fire_rate: float) -> torch.Tensor:
-        """One synchronous update given the `context_drive`; in training each cell fires with probability
-        `fire_rate`."""
+    def step(self, state: torch.Tensor, drive: torch.Tensor, fire_rate: float,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One synchronous update given the `context_drive`; in training, or given a `generator` (stochastic
+        inference, drawn from it alone), each cell fires with probability `fire_rate`."""
         alive_before = self.alive(state)
         perceived = self._conv(state, self.perception_kernels, padding=1, groups=state.shape[1])
         width = self.update_in.in_channels // 2
         delta = self.update_out(torch.relu(self._conv(perceived, self.update_in.weight[:, :width]) + drive))
-        if self.training and fire_rate < 1.0:
-            fires = torch.rand_like(state[:, :1]) < fire_rate
-            delta = delta * fires / fire_rate
+        if (self.training or generator is not None) and fire_rate < 1.0:
+            draw = state[:, :1]
+            draw = torch.rand_like(draw) if generator is None else \
+                torch.rand(draw.shape, generator=generator, device=draw.device, dtype=draw.dtype)
+            delta = delta * (draw < fire_rate) / fire_rate
         state = state + delta
         return state * (alive_before & self.alive(state))
 
@@ -114,12 +117,14 @@ class RNCA(nn.Module):
         return self.rollout(state, context_input, steps, fire_rate)[0]
 
     def rollout(self, state: torch.Tensor, context_input: torch.Tensor, steps: int, fire_rate: float = 1.0,
-                on_step: Optional[Callable[[int, torch.Tensor], bool]] = None) -> Tuple[torch.Tensor, int]:
-        """Run up to `steps` updates; `on_step(step, state)` sees every state and may return True to stop
-        (steady state, or recording the evolution). Returns the final state and the steps run."""
+                on_step: Optional[Callable[[int, torch.Tensor], bool]] = None,
+                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, int]:
+        """Run up to `steps` updates (cells firing at random with a `generator`, see `step`); `on_step(step,
+        state)` sees every state and may return True to stop (steady state, or recording the evolution).
+        Returns the final state and the steps run."""
         drive = self.context_drive(context_input)
         for step in range(1, steps + 1):
-            state = self.step(state, drive, fire_rate)
+            state = self.step(state, drive, fire_rate, generator)
             if on_step is not None and on_step(step, state):
                 return state, step
         return state, steps

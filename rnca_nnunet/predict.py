@@ -49,6 +49,20 @@ def write_pictures(folders: PictureFolders, case: str, refiner: Refiner, image: 
         write_evolution(join(folders.gif, case + ".gif"), channel[z], frames, segmentation[z])
 
 
+def write_uncertainty(refiner: Refiner, output_file_truncated: str, image: np.ndarray, probabilities: np.ndarray,
+                      segmentation: np.ndarray, steps: int) -> str:
+    """`<case>_uncertainty.npz` beside the segmentation: `uncertainty` (Z, Y, X), per cell the share of stochastic
+    rollouts whose label differs from the written one (float16, 0 stable to 1 always different), and the case's
+    two scores `cells` and `topology` (see `refiner.Instability`); returns the scores as one line for the log."""
+    if not hasattr(refiner, "instability"):
+        raise InputError(f"refiner {type(refiner).__name__} has no stochastic rollouts; drop --save_uncertainty")
+    result = refiner.instability(image, probabilities, segmentation, steps)
+    with atomic_path(output_file_truncated + "_uncertainty.npz") as tmp:
+        np.savez_compressed(tmp, uncertainty=result.map.astype(np.float16), cells=result.cells,
+                            topology=result.topology)
+    return str(result)
+
+
 def write_refined_case(reader_writer: BaseReaderWriter, output_file_truncated: str, file_ending: str,
                        segmentation: np.ndarray, properties: dict, probabilities: Optional[np.ndarray] = None,
                        pkl_file: Optional[str] = None) -> None:
@@ -69,8 +83,9 @@ def write_refined_case(reader_writer: BaseReaderWriter, output_file_truncated: s
 
 def refine_case(refiner: Refiner, model: ModelFolder, npz_path: str, images_folder: str, out_folder: str,
                 save_probabilities: bool, steps: Optional[int] = None,
-                pictures: PictureFolders = PictureFolders()) -> int:
-    """Refine one exported case and write it like nnU-Net does (pictures too if asked); returns the steps used."""
+                pictures: PictureFolders = PictureFolders(), save_uncertainty: bool = False) -> str:
+    """Refine one exported case and write it like nnU-Net does (pictures and uncertainty too if asked); returns
+    the log line of the case."""
     case = os.path.basename(npz_path)[:-4]
     probabilities = read_probabilities(npz_path)
     image, properties = read_image(model.reader_writer, image_files(images_folder, case, model.file_ending))
@@ -81,14 +96,18 @@ def refine_case(refiner: Refiner, model: ModelFolder, npz_path: str, images_fold
     if save_probabilities and not isfile(pkl):
         raise InputError(f"{pkl} not found: nnU-Net writes it beside the .npz; re-export with --save_probabilities "
                          f"or drop --save_probabilities")
+    line = f"refined {case}: {used} steps"
+    if save_uncertainty:
+        line += "; " + write_uncertainty(refiner, join(out_folder, case), image, probabilities, segmentation, used)
     write_refined_case(model.reader_writer, join(out_folder, case), model.file_ending, segmentation, properties,
                        refined if save_probabilities else None, pkl)
-    return used
+    return line
 
 
 def refine_folder(refiner: Refiner, model: ModelFolder, probabilities_folder: str, images_folder: str,
                   out_folder: str, save_probabilities: bool, steps: Optional[int] = None,
-                  log: Callable[[str], None] = print, pictures: PictureFolders = PictureFolders()) -> List[str]:
+                  log: Callable[[str], None] = print, pictures: PictureFolders = PictureFolders(),
+                  save_uncertainty: bool = False) -> List[str]:
     """Refine every `<case>.npz` of an nnU-Net export; returns the cases written."""
     for flag, folder in (("-i", probabilities_folder), ("-images", images_folder)):
         if not os.path.isdir(folder):
@@ -98,13 +117,13 @@ def refine_folder(refiner: Refiner, model: ModelFolder, probabilities_folder: st
     if os.path.isdir(out_folder) and os.path.samefile(out_folder, probabilities_folder):
         raise InputError(f"-o {out_folder} is the input folder -i: refining in place would overwrite nnU-Net's own "
                          f"outputs; give another -o")
-    npz_files = sorted(glob.glob(join(probabilities_folder, "*.npz")))
+    npz_files = sorted(f for f in glob.glob(join(probabilities_folder, "*.npz")) if not f.endswith("_uncertainty.npz"))
     if not npz_files:
         raise InputError(f"no <case>.npz probability files in -i {probabilities_folder}; predict with "
                          f"nnUNetv2_predict --save_probabilities (or nnUNetv2_ensemble --save_npz) into it first")
     done = []
     for npz in npz_files:
-        used = refine_case(refiner, model, npz, images_folder, out_folder, save_probabilities, steps, pictures)
-        log(f"refined {os.path.basename(npz)[:-4]}: {used} steps")
+        log(refine_case(refiner, model, npz, images_folder, out_folder, save_probabilities, steps, pictures,
+                        save_uncertainty))
         done.append(os.path.basename(npz)[:-4])
     return done

@@ -27,7 +27,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
 from rnca_nnunet.data import read_image, read_model_folder
-from rnca_nnunet.predict import PictureFolders, write_pictures, write_refined_case
+from rnca_nnunet.predict import PictureFolders, write_pictures, write_refined_case, write_uncertainty
 from rnca_nnunet.registry import Refiner, load_refiner
 
 SOURCE = "rnca_source"  # key added to nnU-Net's preprocessed items: the raw image (array) or its files
@@ -44,9 +44,11 @@ class RNCAPredictor(nnUNetPredictor):
     """nnUNetPredictor whose exports are refined. Without a refiner it is exactly nnUNetPredictor."""
 
     def __init__(self, *args, refiner: Optional[Refiner] = None, refiner_steps: Optional[int] = None,
-                 pictures: PictureFolders = PictureFolders(), log: Callable[[str], None] = print, **kwargs):
+                 pictures: PictureFolders = PictureFolders(), log: Callable[[str], None] = print,
+                 save_uncertainty: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.refiner, self.refiner_steps, self.pictures, self.log = refiner, refiner_steps, pictures, log
+        self.save_uncertainty = save_uncertainty  # <case>_uncertainty.npz beside each written case
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Union[Tuple[Union[int, str]], None],
@@ -170,9 +172,12 @@ class RNCAPredictor(nnUNetPredictor):
             return (segmentation, refined) if save_probabilities else segmentation
         case = os.path.basename(ofile)
         write_pictures(self.pictures, case, self.refiner, image, probabilities, base, segmentation, steps)
+        line = f"refined {case}: {steps} steps"
+        if self.save_uncertainty:
+            line += "; " + write_uncertainty(self.refiner, ofile, image, probabilities, segmentation, steps)
         write_refined_case(self.plans_manager.image_reader_writer_class(), ofile, self.dataset_json["file_ending"],
                            segmentation, properties, refined if save_probabilities else None)
-        self.log(f"refined {case}: {steps} steps")
+        self.log(line)
         return None
 
     def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,

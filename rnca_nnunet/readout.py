@@ -10,7 +10,7 @@ import numpy as np
 
 from rnca_nnunet.cleanup import hole_measures
 from rnca_nnunet.data import TrainingCase
-from rnca_nnunet.evaluate import harm_line
+from rnca_nnunet.metrics import harm_line
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import segmentation_from_mask
 from rnca_nnunet.validation import ValidationResult, refine_cases, summary_line, validate

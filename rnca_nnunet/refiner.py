@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +24,7 @@ from rnca_nnunet.config import check_steps
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import shared_folder_permissions
+from rnca_nnunet.metrics import betti_numbers
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape, memory_format
 from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, reachable_region, run_tiled
@@ -35,6 +36,21 @@ FOLDER_NAME = "rnca"
 WEIGHTS_FILE = "refiner.safetensors"
 CONFIG_FILE = "rnca.json"
 FORMAT_VERSION = 1
+UNCERTAINTY_RUNS = 8  # stochastic rollouts per case for --save_uncertainty
+
+
+@dataclass(frozen=True)
+class Instability:
+    """Stochastic rollouts against the written labels: per cell the share of runs that disagree (`map`, image
+    axes), its mean over the structure (cells foreground in the written map or in any run), and the share of
+    runs whose Betti numbers of some class differ from the written map's."""
+    map: np.ndarray
+    cells: float
+    topology: float
+
+    def __str__(self) -> str:
+        return (f"unstable cells {100 * self.cells:.1f}% of the structure, topology changed in "
+                f"{100 * self.topology:.0f}% of the stochastic runs")
 
 
 def default_device() -> torch.device:
@@ -222,9 +238,10 @@ class RNCARefiner:
                                        base_confidence(base_probabilities, self.semantics))
 
     def refine_context(self, context: np.ndarray, steps: int, stop_when_stable: bool,
-                       plan: Optional[TilePlan] = None, out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]:
+                       plan: Optional[TilePlan] = None, out: Optional[np.ndarray] = None,
+                       generator: Optional[torch.Generator] = None) -> Tuple[np.ndarray, int]:
         """Context (I + K, Z, Y, X) -> refined mask channels (K, Z, Y, X) and the steps used; written into `out`
-        (zero-filled, any strides) when given.
+        (zero-filled, any strides) when given; with a `generator`, cells fire at random as in training.
 
         Only the box the rule can reach from its alive cells is run (the rest stays background, as it would); a
         box within the cell budget runs whole (and may stop at steady state), a larger one, or any box given a
@@ -241,12 +258,13 @@ class RNCARefiner:
             batch, target = batch[region], batch_mask[region]  # views: the region is written in place
             budget = self.max_tile_cells or cell_budget(self.model.shape, self.device)
             if plan is None and batch.size // batch.shape[1] <= budget:
-                refined, used = self._run(np.ascontiguousarray(batch), steps, stop_when_stable)
+                refined, used = self._run(np.ascontiguousarray(batch), steps, stop_when_stable, generator=generator)
                 target[...] = refined
             else:
                 halo = self.model.receptive_radius(steps)
                 plan = plan or plan_tiles(batch.shape[0], batch.shape[2:], halo, budget)
-                run_tiled(lambda tile: self._run(tile, steps, False)[0], batch, target, halo, plan)
+                run_tiled(lambda tile: self._run(tile, steps, False, generator=generator)[0], batch, target, halo,
+                          plan)
                 used = steps
         return mask, used
 
@@ -269,10 +287,50 @@ class RNCARefiner:
                   on_step=lambda mask: frames.append(segmentation_from_mask(mask[index], self.semantics)[0]))
         return frames
 
+    @property
+    def fire_rate(self) -> float:
+        """The share of cells updated per step in training (what stochastic inference draws at)."""
+        rate = self.trained_on.get("train", {}).get("fire_rate", 0.5)
+        return float(rate) if isinstance(rate, (int, float)) and 0 < rate <= 1 else 0.5
+
+    def instability(self, image: np.ndarray, probabilities: np.ndarray, segmentation: np.ndarray, steps: int,
+                    runs: int = UNCERTAINTY_RUNS, seed: int = 0) -> Instability:
+        """Where the refined mask is unstable: `runs` rollouts of `steps` steps with cells firing at random, as
+        the rule was trained (so in distribution), each read out like the written `segmentation` (Z, Y, X);
+        per cell the share of runs whose label differs from it. Seeded by `seed` through a generator of its own,
+        so the same case gives the same map and no global random state is touched."""
+        context = self.rule_context(image, probabilities)
+        base, confidence = None, None
+        if self.clean_up.needs_base:
+            base_probabilities = self.to_rule_axes(probabilities)
+            base = segmentation_from_probabilities(base_probabilities, self.semantics)
+            confidence = base_confidence(base_probabilities, self.semantics)
+        written = self.to_rule_axes(segmentation[None])[0]
+        disagree = np.zeros(written.shape, np.float32)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        topology = [self._betti(written)]
+        for _ in range(runs):
+            mask, _ = self.refine_context(context, steps, False, generator=generator)
+            labels = self.clean_segmentation(segmentation_from_mask(mask, self.semantics), base, confidence)
+            disagree += labels != written
+            topology.append(self._betti(labels))
+        share = disagree / runs
+        structure = (written > 0) | (share > 0)
+        return Instability(self.from_rule_axes(share[None])[0],
+                           float(share[structure].mean()) if structure.any() else 0.0,
+                           sum(t != topology[0] for t in topology[1:]) / runs)
+
+    def _betti(self, labels: np.ndarray) -> List[Tuple[int, ...]]:
+        """Betti numbers of each class of a (Z, Y, X) label map (2D for a single slice)."""
+        return [tuple(betti_numbers(np.isin(labels[0] if labels.shape[0] == 1 else labels, c)))
+                for c in self.semantics.classes.values()]
+
     @torch.inference_mode()
     def _run(self, batch: np.ndarray, steps: int, stop_when_stable: bool, check_every: int = 8,
-             on_step: Optional[Callable[[np.ndarray], None]] = None) -> Tuple[np.ndarray, int]:
-        """The rule's rollout on one batch; stops when the binary mask is unchanged over `check_every` steps."""
+             on_step: Optional[Callable[[np.ndarray], None]] = None,
+             generator: Optional[torch.Generator] = None) -> Tuple[np.ndarray, int]:
+        """The rule's rollout on one batch; stops when the binary mask is unchanged over `check_every` steps;
+        stochastic (cells firing at the training's rate) with a `generator`."""
         k = self.semantics.mask_channels
         context_input = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.layout)
         previous: List[Optional[torch.Tensor]] = [None]
@@ -294,8 +352,9 @@ class RNCARefiner:
                             enabled=self.precision is not None), \
                 cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
                             allow_tf32=cudnn.allow_tf32):
-            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:], self.layout), context_input, steps,
-                                             on_step=watch)
+            state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:], self.layout),
+                                             context_input, steps, self.fire_rate if generator else 1.0,
+                                             on_step=watch, generator=generator)
         return RNCA.read_mask(state, k).cpu().numpy(), used
 
 

@@ -82,3 +82,32 @@ def test_case_metrics_per_class_and_broken_flag():
     result = case_metrics(prediction, reference, (999.0, 1.0, 1.0), {"MYO": [2], "LV": [1]})
     assert result["MYO"]["broken"] == 1.0 and result["MYO"]["beta1_error"] == 1
     assert result["LV"]["dice"] == 1.0 and result["LV"]["broken"] == 0.0
+
+
+def test_harm_and_repair_counts_each_way_a_case_can_change():
+    from rnca_nnunet.metrics import harm_and_repair
+
+    def m(beta0, beta1):
+        return {"beta0_error": beta0, "beta1_error": beta1, "broken": float(beta0 + beta1 > 0)}
+
+    pairs = [(m(2, 0), m(0, 0)),  # broken, repaired
+             (m(1, 3), m(0, 1)),  # broken, better, not repaired
+             (m(0, 0), m(0, 2)),  # intact, newly broken, worse
+             (m(0, 0), m(0, 0)),  # intact, kept
+             (m(1, 0), m(2, 1))]  # broken, worse
+    rates = harm_and_repair(pairs)
+    assert (rates["broken_before"], rates["repaired"], rates["intact_before"], rates["newly_broken"]) == (3, 1, 2, 1)
+    assert (rates["made_worse"], rates["made_better"]) == (2, 2)
+    assert rates["newly_broken_share"] == 0.5 and rates["made_worse_share"] == 0.4
+
+
+def test_signed_betti_errors_say_which_way_a_mask_errs():
+    ref = np.zeros((20, 20), bool)
+    ref[2:18, 2:18] = True
+    ref[6:14, 6:14] = False  # one ring: beta0 1, beta1 1
+    pred = ref.copy()
+    pred[6:14, 6:14] = True  # hole filled
+    pred[0, 0] = True  # and a speck added
+    metrics = binary_metrics(pred, ref, (1.0, 1.0))
+    assert (metrics["beta0_signed"], metrics["beta1_signed"]) == (1, -1)
+    assert (metrics["beta0_error"], metrics["beta1_error"]) == (1, 1)
