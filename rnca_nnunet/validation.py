@@ -48,8 +48,7 @@ class ValidationResult:
 
     def class_score(self, names: Sequence[str]) -> float:
         """Lower is better, 1 for leaving the base as it is: the remaining share of the classes' topology errors,
-        minus a reward for Dice gained, plus the share of intact (case, class) pairs the refinement broke and
-        of pairs it made worse (more beta0 + beta1 errors than the base).
+        minus a reward for Dice gained, plus the share of intact (case, class) pairs the refinement broke.
 
         One error per class is added above and below the fraction, so that bases with almost no
         topology errors (refining good labels) do not turn a few new errors into a huge ratio. Mean errors
@@ -59,7 +58,7 @@ class ValidationResult:
         dice = lambda m: float(np.mean([m[n]["dice"] for n in names]))  # noqa: E731
         harm = self.harm(names)
         return (topo(self.after) / topo(self.before) - 5.0 * (dice(self.after) - dice(self.before))
-                + HARM_WEIGHT * (harm["newly_broken_share"] + harm["made_worse_share"]))
+                + HARM_WEIGHT * harm["newly_broken_share"])
 
     @property
     def newly_broken_share(self) -> float:

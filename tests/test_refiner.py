@@ -209,3 +209,18 @@ def test_a_refiner_that_keeps_the_base_loops_matches_the_base_background_regions
     assert loop_mismatches(kept, base, True) == 0
     assert (kept != base).any(), "outlines may still change"
     np.testing.assert_array_equal(refined.argmax(0), kept, "probabilities agree with the labels")
+
+
+def test_instability_is_seeded_bounded_and_zero_for_a_rule_that_changes_nothing():
+    refiner = random_refiner(2)
+    image, probabilities = random_case((1, 32, 32))
+    _, segmentation, used = refiner.refine(image, probabilities)
+    first = refiner.instability(image, probabilities, segmentation, used, runs=4)
+    again = refiner.instability(image, probabilities, segmentation, used, runs=4)
+    np.testing.assert_array_equal(first.map, again.map)
+    assert first.map.shape == segmentation.shape and 0 <= first.map.min() and first.map.max() <= 1
+    assert first.cells > 0, "a random rule fired at random must disagree somewhere"
+    torch.nn.init.zeros_(refiner.model.update_out.weight)
+    _, segmentation, used = refiner.refine(image, probabilities)
+    still = refiner.instability(image, probabilities, segmentation, used, runs=4)
+    assert still.cells == 0 and still.topology == 0 and not still.map.any()
