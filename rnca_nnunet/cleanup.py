@@ -326,11 +326,13 @@ def _keep_binary_topology(out: np.ndarray, base: np.ndarray, guard: _Guard) -> n
 @dataclass
 class CleanUp:
     """The read-out's clean-up of a label map refined from a base, its numbers chosen by readout.py and kept in
-    rnca.json: first, with `guard` (None: off), the rule's topology changes are undone where the base was at
-    least `guard` sure of its label (`keep_base_topology`; 0: all of them); then components smaller than
-    `min_component_size` cells are removed and holes smaller than `min_hole_size` cells or no thicker than
-    `max_hole_radius` cells filled; last, every cell that has or had one of `unrefined_labels` takes the base's
-    label (classes the refinement did not help on held-out cases). Zeros and empties change nothing."""
+    rnca.json: first components smaller than `min_component_size` cells are removed and holes smaller than
+    `min_hole_size` cells or no thicker than `max_hole_radius` cells filled; then, with `guard` (None: off),
+    the topology changes of the rule and of that clean-up are undone where the base was at least `guard` sure
+    of its label (`keep_base_topology`; 0: all of them); the guard comes after the sizes so that nothing
+    breaks what it kept (pieces of a join it cut are not specks to drop). Last, every cell that has or had one
+    of `unrefined_labels` takes the base's label (classes the refinement did not help on held-out cases).
+    Zeros and empties change nothing."""
     min_component_size: int = 0
     min_hole_size: int = 0
     max_hole_radius: float = 0.0
@@ -374,12 +376,12 @@ class CleanUp:
         (a 2D rule)."""
         if self.needs_base and base is None:
             raise ValueError("the guard and unrefined labels need the base label map the rule refined")
-        if self.guard is not None:
-            segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
         if self.min_component_size > 1 or self.min_hole_size > 1 or self.max_hole_radius > 0:
             labels = [int(v) for v in np.unique(segmentation) if v > 0]
             segmentation = fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
                                       self.min_hole_size, self.max_hole_radius, per_slice)
+        if self.guard is not None:
+            segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
         if self.unrefined_labels:
             kept = np.isin(base, self.unrefined_labels) | np.isin(segmentation, self.unrefined_labels)
             segmentation = np.where(kept, base, segmentation)

@@ -125,7 +125,9 @@ def topology_errors(metrics: Dict[str, float]) -> float:
 
 def harm_and_repair(pairs: Sequence[Tuple[Dict[str, float], Dict[str, float]]]) -> Dict[str, float]:
     """Over (before, after) metrics of one class in several cases: broken cases repaired, intact cases newly
-    broken, and cases made worse (more beta0 + beta1 errors) or better, as counts and shares."""
+    broken, and cases made worse (more beta0 + beta1 errors) or better, as counts and shares; `made_much_worse`
+    counts cases with more than one error more, which the checkpoint and guard scores charge: one error either
+    way is what one speck or pinhole makes, and on a few held-out cases it would decide alone."""
     broken = [not after["broken"] for before, after in pairs if before["broken"]]
     intact = [bool(after["broken"]) for before, after in pairs if not before["broken"]]
     change = [topology_errors(after) - topology_errors(before) for before, after in pairs]
@@ -133,6 +135,7 @@ def harm_and_repair(pairs: Sequence[Tuple[Dict[str, float], Dict[str, float]]]) 
     return {"broken_before": len(broken), "repaired": int(sum(broken)), "repaired_share": share(broken),
             "intact_before": len(intact), "newly_broken": int(sum(intact)), "newly_broken_share": share(intact),
             "made_worse": int(sum(c > 0 for c in change)), "made_worse_share": share([c > 0 for c in change]),
+            "made_much_worse": int(sum(c > 1 for c in change)), "made_much_worse_share": share([c > 1 for c in change]),
             "made_better": int(sum(c < 0 for c in change))}
 
 

@@ -3,7 +3,8 @@
 Growing-NCA style sample pool: evolved states go back into the pool, so the rule learns to keep a
 mask stable and keep cleaning it well past the training horizon. Patches come from sampling.py, the
 loss from loss.py and loss_weights.py, held-out checkpoint scores from validation.py, and the read-out
-sizes from readout.py; the checkpoint is chosen on held-out topology errors and harm, not on the loss.
+sizes from readout.py; the checkpoint is chosen on held-out topology errors and harm, not on the loss, and
+so is the guard that keeps the base's topology where the rule's changes do not pay (readout.choose_guard).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.loss import refinement_loss
 from rnca_nnunet.loss_weights import loss_weights
 from rnca_nnunet.model import RNCA, RuleShape
-from rnca_nnunet.readout import choose_read_out, harm_summary
+from rnca_nnunet.readout import choose_guard, choose_read_out, harm_summary
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import PatchSampler
 from rnca_nnunet.state import LabelSemantics, Normalisation
@@ -117,11 +118,16 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         model.load_state_dict(best_state)
     model.eval()
     final = None
-    refiner.clean_up = CleanUp(guard=0.0 if config.keep_base_loops else None)
+    refiner.clean_up = CleanUp()
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        choose_read_out(refiner, [*train_cases, *val_cases], log, work_folder)
-        final = validate(refiner, val_cases, best.iteration)
+        choose_read_out(refiner, train_cases, log, work_folder)
+        if config.keep_base_loops:
+            refiner.clean_up.guard = 0.0
+            final = validate(refiner, val_cases, best.iteration)
+        else:
+            final = choose_guard(refiner, val_cases, log, work_folder)
+        final.iteration = best.iteration
         log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
             f"{summary_line(final)}; {harm_summary(final)}")
     return refiner, TrainingRecord(losses, validations, final)

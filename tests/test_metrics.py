@@ -94,11 +94,13 @@ def test_harm_and_repair_counts_each_way_a_case_can_change():
              (m(1, 3), m(0, 1)),  # broken, better, not repaired
              (m(0, 0), m(0, 2)),  # intact, newly broken, worse
              (m(0, 0), m(0, 0)),  # intact, kept
-             (m(1, 0), m(2, 1))]  # broken, worse
+             (m(1, 0), m(2, 1)),  # broken, worse by two errors
+             (m(1, 1), m(1, 2))]  # broken, worse by one error
     rates = harm_and_repair(pairs)
-    assert (rates["broken_before"], rates["repaired"], rates["intact_before"], rates["newly_broken"]) == (3, 1, 2, 1)
-    assert (rates["made_worse"], rates["made_better"]) == (2, 2)
-    assert rates["newly_broken_share"] == 0.5 and rates["made_worse_share"] == 0.4
+    assert (rates["broken_before"], rates["repaired"], rates["intact_before"], rates["newly_broken"]) == (4, 1, 2, 1)
+    assert (rates["made_worse"], rates["made_much_worse"], rates["made_better"]) == (3, 2, 2)
+    assert rates["newly_broken_share"] == 0.5 and rates["made_worse_share"] == 0.5
+    assert rates["made_much_worse_share"] == pytest.approx(1 / 3)
 
 
 def test_signed_betti_errors_say_which_way_a_mask_errs():
