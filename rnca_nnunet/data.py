@@ -205,6 +205,18 @@ class TrainingCase:
     spacing: Tuple[float, ...]
 
 
+def check_label_values(label: np.ndarray, semantics: LabelSemantics, path: str) -> None:
+    """A value dataset.json does not name would be trained as background, and the refiner that learned it
+    would replace a good one: refuse it, naming the file."""
+    manager = semantics.manager
+    known = {*manager.all_labels, *([] if manager.ignore_label is None else [manager.ignore_label])}
+    unknown = sorted(int(v) for v in np.unique(label) if int(v) not in known)
+    if unknown:
+        raise InputError(f"{path} holds label values {unknown[:5]} that dataset.json does not name "
+                         f"(labels {sorted(known)}): fix the label file or dataset.json, then run "
+                         f"nnUNetv2_plan_and_preprocess again")
+
+
 def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, labels_folder: str,
                        normalisation: Optional[Normalisation] = None) -> TrainingCase:
     case = os.path.basename(npz_path)[:-4]
@@ -220,6 +232,7 @@ def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, la
         raise InputError(f"{npz_path}: probabilities {probabilities.shape[1:]}, image {image.shape[1:]} and label "
                          f"{label.shape[1:]} differ in shape; were they made from the same dataset?")
     semantics = model.semantics
+    check_label_values(label, semantics, label_file)
     target, valid = target_from_label(label[0], semantics)
     axes = model.transpose_forward  # nnU-Net's axis order: a 2D rule learns the slices nnU-Net's 2d sees
     to_rule_axes = lambda array: np.ascontiguousarray(array.transpose(0, *(a + 1 for a in axes)))  # noqa: E731

@@ -113,6 +113,10 @@ class RNCARefiner:
         try:
             with open(config_path, encoding="utf-8") as handle:
                 config = json.load(handle)
+            version = config.get("format_version", FORMAT_VERSION)
+            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+                raise ValueError(f"format_version {version!r} is not one this rnca-nnunet reads (1 to "
+                                 f"{FORMAT_VERSION}); a newer rnca-nnunet wrote it: upgrade the package")
             shape = check_rule_shape(RuleShape(**config["rule"]))
             semantics = LabelSemantics(config["labels"], config.get("regions_class_order"))
             semantics.manager  # nnU-Net's LabelManager validates the label definition

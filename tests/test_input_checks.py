@@ -49,6 +49,8 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c.update(unrefined_labels="1"), "unrefined_labels must be a list of label values"),
     (lambda c: c.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
     (lambda c: c.pop("labels"), "labels"),
+    (lambda c: c.update(format_version=99), "format_version 99 is not one this rnca-nnunet reads"),
+    (lambda c: c.update(format_version="1"), "format_version '1' is not one this rnca-nnunet reads"),
 ])
 def test_bad_rnca_json_values_are_refused_before_allocating(tmp_path, edit, message):
     folder = saved_refiner(tmp_path)
@@ -163,3 +165,17 @@ def test_tif_outputs_get_their_side_files_and_nothing_partial(tmp_path):
     written, properties = Tiff3DIO().read_seg(str(tmp_path / "case.tif"))
     np.testing.assert_array_equal(written[0], segmentation)
     assert tuple(properties["spacing"]) == (2.0, 1.0, 1.0)
+
+
+def test_a_label_value_dataset_json_does_not_name_is_refused_with_its_file():
+    """Trained as background, it would give a refiner that replaces a good one."""
+    from rnca_nnunet.data import check_label_values
+    from rnca_nnunet.state import LabelSemantics
+
+    semantics = LabelSemantics({"background": 0, "vessel": 1, "ignore": 2})
+    label = np.zeros((1, 8, 8), np.uint8)
+    label[0, :2] = 2
+    check_label_values(label, semantics, "case_000.png")
+    label[0, 5, 5] = 5
+    with pytest.raises(InputError, match=r"case_000.png holds label values \[5\] that dataset.json does not name"):
+        check_label_values(label, semantics, "case_000.png")
