@@ -10,7 +10,6 @@ the base's loops: a setting of the training, since no search on the CV cases can
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
@@ -323,6 +322,10 @@ def _keep_binary_topology(out: np.ndarray, base: np.ndarray, guard: _Guard) -> n
             return out
 
 
+MAX_SIZE = 2 ** 31  # cells: larger than any case nnU-Net reads, so a larger size is an edit, not a choice
+MAX_RADIUS = 1024.0  # cells; the read-out never searches beyond 3
+
+
 @dataclass
 class CleanUp:
     """The read-out's clean-up of a label map refined from a base, its numbers chosen by readout.py and kept in
@@ -345,11 +348,11 @@ class CleanUp:
         `keep_base_loops: true` of refiners before the guard is guard 0)."""
         values = {name: config.get(name, default) for name, default in asdict(cls()).items()}
         sizes = [values["min_component_size"], values["min_hole_size"]]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
-            raise TypeError(f"min_component_size/min_hole_size must be whole numbers >= 0, got {sizes}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SIZE for v in sizes):
+            raise TypeError(f"min_component_size/min_hole_size must be whole numbers from 0 to {MAX_SIZE}, got {sizes}")
         radius = values["max_hole_radius"]
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < math.inf:
-            raise TypeError(f"max_hole_radius must be a number of cells >= 0, got {radius!r}")
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius <= MAX_RADIUS:
+            raise TypeError(f"max_hole_radius must be a number of cells from 0 to {MAX_RADIUS}, got {radius!r}")
         legacy = config.get("keep_base_loops", False)
         if not isinstance(legacy, bool):
             raise TypeError(f"keep_base_loops must be true or false, got {legacy!r}")

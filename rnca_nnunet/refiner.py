@@ -6,6 +6,7 @@ A refiner is one folder, `rnca/`: `refiner.safetensors` (weights, never pickled)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -120,7 +121,7 @@ class RNCARefiner:
             shape = check_rule_shape(RuleShape(**config["rule"]))
             semantics = LabelSemantics(config["labels"], config.get("regions_class_order"))
             semantics.manager  # nnU-Net's LabelManager validates the label definition
-            normalisation = Normalisation(**config["normalisation"])
+            normalisation = check_normalisation(Normalisation(**config["normalisation"]))
             steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
             clean_up = CleanUp.from_config(config)
             transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
@@ -381,6 +382,20 @@ def check_transpose(axes: object) -> List[int]:
     return axes
 
 
+def check_normalisation(normalisation: Normalisation) -> Normalisation:
+    """Scheme names and finite numbers only: a NaN percentile would turn every image into NaN and every mask
+    empty, with no error."""
+    if not isinstance(normalisation.schemes, list) or not all(isinstance(s, str) for s in normalisation.schemes):
+        raise ValueError(f"normalisation schemes must be a list of nnU-Net scheme names, got {normalisation.schemes!r}")
+    properties = normalisation.intensity_properties
+    for channel, values in (properties.items() if isinstance(properties, dict) else [("", properties)]):
+        if not isinstance(values, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()):
+            raise ValueError(f"normalisation intensity_properties of channel {channel!r} must be finite numbers, "
+                             f"got {values!r}")
+    return normalisation
+
+
 def _load_weights(path: str, shape: RuleShape) -> Dict[str, torch.Tensor]:
     """Weights whose names and shapes fit `shape` (read from the header first) and whose values are finite."""
     with torch.device("meta"):
@@ -397,6 +412,10 @@ def _load_weights(path: str, shape: RuleShape) -> Dict[str, torch.Tensor]:
         first_line = str(error).strip().splitlines()[0]
         raise InputError(f"{path}: weights do not fit {CONFIG_FILE} ({first_line}); copy the whole rnca/ folder "
                          f"from one training run") from None
+    wrong_type = sorted(name for name, tensor in weights.items() if tensor.dtype != torch.float32)
+    if wrong_type:
+        raise InputError(f"{path}: weights {wrong_type[:3]} are {weights[wrong_type[0]].dtype}, not float32 as "
+                         f"nnUNetv2_train_rnca writes them; copy the whole rnca/ folder from one training run")
     broken = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
     if broken:
         raise InputError(f"{path}: weights {broken} contain NaN or infinite values; retrain with nnUNetv2_train_rnca")

@@ -49,6 +49,10 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c.update(unrefined_labels="1"), "unrefined_labels must be a list of label values"),
     (lambda c: c.update(transpose_forward=[0, 0, 1]), "transpose_forward"),
     (lambda c: c.pop("labels"), "labels"),
+    (lambda c: c.update(min_component_size=10 ** 12), "min_component_size/min_hole_size must be whole numbers"),
+    (lambda c: c.update(max_hole_radius=1e300), "max_hole_radius must be a number of cells from 0 to 1024"),
+    (lambda c: c["normalisation"].update(intensity_properties={"0": {"mean": float("nan"), "std": 1.0}}),
+     "normalisation intensity_properties of channel '0' must be finite numbers"),
     (lambda c: c.update(format_version=99), "format_version 99 is not one this rnca-nnunet reads"),
     (lambda c: c.update(format_version="1"), "format_version '1' is not one this rnca-nnunet reads"),
 ])
@@ -75,6 +79,16 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
     weights["update_in.weight"][0, 0] = float("nan")
     save_file(weights, os.path.join(folder, "refiner.safetensors"))
     with pytest.raises(InputError, match=r"\['update_in.weight'\] contain NaN"):
+        RNCARefiner.from_folder(folder)
+
+
+def test_weights_of_another_type_are_refused_at_load(tmp_path):
+    """int8 weights of the right shapes gave empty masks with no error."""
+    refiner = random_refiner(2)
+    folder = saved_refiner(tmp_path)
+    weights = {k: v.contiguous().to(torch.int8) for k, v in refiner.model.state_dict().items()}
+    save_file(weights, os.path.join(folder, "refiner.safetensors"))
+    with pytest.raises(InputError, match=r"are torch.int8, not float32"):
         RNCARefiner.from_folder(folder)
 
 
