@@ -1,11 +1,22 @@
-"""Atomic file writes: an output either appears complete or not at all, with normal permissions."""
+"""Atomic file writes: an output either appears complete or not at all, with normal permissions; folders are
+swapped in one step and locked while a process writes into them."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
 from typing import Iterator
+
+from rnca_nnunet.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def _shared_permissions(path: str, directory: bool = False) -> None:
@@ -58,3 +69,59 @@ def shared_folder_permissions(path: str) -> None:
     for file in os.listdir(path):
         full = os.path.join(path, file)
         _shared_permissions(full, directory=os.path.isdir(full))
+
+
+def replace_folder(staging: str, folder: str) -> None:
+    """Move a fully written staging folder into place, replacing an older folder of that name. Where the system
+    can (Linux's renameat2), the two are exchanged in one step, so a reader finds the old folder or the new
+    one, never none; elsewhere there is a moment with none."""
+    if os.path.isdir(folder) and _exchange(staging, folder):
+        shutil.rmtree(staging, ignore_errors=True)  # it holds the old folder now
+        return
+    old = None
+    if os.path.exists(folder):
+        old = tempfile.mkdtemp(prefix=".rnca-old-", dir=os.path.dirname(os.path.abspath(folder)))
+        os.rmdir(old)
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two paths atomically; False where the C library or the file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0
+
+
+def folder_identity(folder: str) -> tuple:
+    """What a path names right now, to see whether it was replaced while it was read: device and inode, and the
+    change time, which every rename sets (a folder made after the old one was deleted may reuse its inode)."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return ()
+    return status.st_dev, status.st_ino, status.st_ctime_ns
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` itself (flock on its descriptor, so no file is added to it) while
+    `what` runs; a second one is refused at once instead of deleting the first one's files."""
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{folder}: another {what} is running in this folder; wait for it to finish "
+                             f"(two at once would delete each other's files)") from None
+        yield
+    finally:
+        os.close(descriptor)

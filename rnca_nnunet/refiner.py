@@ -24,7 +24,7 @@ from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import check_steps
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.files import shared_folder_permissions
+from rnca_nnunet.files import folder_identity, replace_folder, shared_folder_permissions
 from rnca_nnunet.metrics import betti_numbers
 from rnca_nnunet.data import ModelFolder
 from rnca_nnunet.model import RNCA, RuleShape, memory_format
@@ -37,6 +37,7 @@ FOLDER_NAME = "rnca"
 WEIGHTS_FILE = "refiner.safetensors"
 CONFIG_FILE = "rnca.json"
 FORMAT_VERSION = 1
+READ_ATTEMPTS = 5
 UNCERTAINTY_RUNS = 8  # stochastic rollouts per case for --save_uncertainty
 
 
@@ -105,7 +106,19 @@ class RNCARefiner:
     @classmethod
     def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
         """Load a refiner folder; every value of rnca.json is checked, and the weights' shapes are checked
-        against the safetensors header before anything is allocated."""
+        against the safetensors header before anything is allocated. Read again when the folder was replaced
+        while it was read (a training finishing beside a prediction), so rnca.json and the weights always
+        come from one folder."""
+        for _ in range(READ_ATTEMPTS):
+            identity = folder_identity(folder)
+            refiner = cls._read_folder(folder, device)
+            if folder_identity(folder) == identity:
+                return refiner
+        raise InputError(f"{folder} was replaced {READ_ATTEMPTS} times while it was read: another process keeps "
+                         f"saving a refiner there; load it when that process has finished")
+
+    @classmethod
+    def _read_folder(cls, folder: str, device: Optional[torch.device]) -> "RNCARefiner":
         config_path, weights_path = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
@@ -420,18 +433,6 @@ def _load_weights(path: str, shape: RuleShape) -> Dict[str, torch.Tensor]:
     if broken:
         raise InputError(f"{path}: weights {broken} contain NaN or infinite values; retrain with nnUNetv2_train_rnca")
     return weights
-
-
-def replace_folder(staging: str, folder: str) -> None:
-    """Move a fully written staging folder into place, replacing an older folder of that name."""
-    old = None
-    if os.path.exists(folder):
-        old = tempfile.mkdtemp(prefix=".rnca-old-", dir=os.path.dirname(os.path.abspath(folder)))
-        os.rmdir(old)
-        os.replace(folder, old)
-    os.replace(staging, folder)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_rnca_refiner(model_folder: str, device: Optional[torch.device] = None) -> RNCARefiner:

@@ -17,6 +17,7 @@ from rnca_nnunet.case_store import store_case
 from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case, partial_cv_note
 from rnca_nnunet.errors import InputError
+from rnca_nnunet.files import folder_lock
 from rnca_nnunet.pictures import plot_progress
 from rnca_nnunet.readout import unrefined_classes
 from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
@@ -50,21 +51,23 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
                             show_progress: bool = True) -> RNCARefiner:
     """Train on a model folder's CV predictions and write `rnca/` into it (atomically, logs included).
 
-    Work happens in `rnca.training/`; `rnca/` is replaced only by a finished, finite refiner."""
+    Work happens in `rnca.training/`; `rnca/` is replaced only by a finished, finite refiner. The model folder
+    is locked meanwhile: a second training into it stops at once with one line."""
     staging = os.path.join(model.path, FOLDER_NAME + ".training")
-    if os.path.isdir(staging):
-        shutil.rmtree(staging)
-    os.makedirs(staging)
-    log_path = os.path.join(staging, "training_log.txt")
-    try:
-        refiner, record = _train_in(staging, log_path, model, images_folder, labels_folder, config, device, folds,
-                                    show_progress)
-    finally:  # the case copies can be gigabytes; a failed run keeps only its log
-        for name in ("cases", "read_out"):
-            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
-    extra = write_training_outputs(staging, refiner, record) + [log_path]
-    refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
-    shutil.rmtree(staging, ignore_errors=True)
+    with folder_lock(model.path, "nnUNetv2_train_rnca"):
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)
+        os.makedirs(staging)
+        log_path = os.path.join(staging, "training_log.txt")
+        try:
+            refiner, record = _train_in(staging, log_path, model, images_folder, labels_folder, config, device,
+                                        folds, show_progress)
+        finally:  # the case copies can be gigabytes; a failed run keeps only its log
+            for name in ("cases", "read_out"):
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+        extra = write_training_outputs(staging, refiner, record) + [log_path]
+        refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
+        shutil.rmtree(staging, ignore_errors=True)
     return refiner
 
 

@@ -1,0 +1,60 @@
+"""A refiner folder is swapped whole while others read it, and one training at a time writes into a model folder."""
+import threading
+import time
+
+import pytest
+import torch
+
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.files import folder_lock
+from rnca_nnunet.refiner import RNCARefiner
+from test_refiner import random_refiner
+
+
+def test_a_reader_never_pairs_one_refiners_json_with_anothers_weights(tmp_path):
+    """Two refiners saved in turn into one folder while it is loaded: every load is one of them, whole (its
+    steps in rnca.json match its weights), and none fails. Before the folder was exchanged in one step and
+    read again when replaced, such loads found no rnca.json or paired one refiner's with the other's weights."""
+    folder = str(tmp_path / "rnca")
+    refiners = []
+    for steps, value in ((10, 0.1), (20, 0.2)):
+        refiner = random_refiner(2)
+        refiner.steps = steps
+        for weight in refiner.model.parameters():
+            torch.nn.init.constant_(weight, value)
+        refiners.append(refiner)
+    refiners[0].save(folder)
+    RNCARefiner.from_folder(folder)  # imports done before the race starts
+    stop, saves = threading.Event(), [0]
+
+    def keep_saving():
+        while not stop.is_set():
+            refiners[saves[0] % 2].save(folder)
+            saves[0] += 1
+            time.sleep(0.05)  # a save every 50 ms: one load in a few overlaps one
+
+    writer = threading.Thread(target=keep_saving)
+    writer.start()
+    seen, loads = set(), 0
+    try:
+        while saves[0] < 20 and loads < 5000:
+            loaded = RNCARefiner.from_folder(folder, torch.device("cpu"))
+            value = float(loaded.model.update_out.weight.detach().flatten()[0])
+            assert value == pytest.approx(loaded.steps / 100), "rnca.json and weights of different refiners"
+            seen.add(loaded.steps)
+            loads += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert saves[0] >= 20 and loads >= 40 and seen == {10, 20}, (saves, loads, seen)
+
+
+def test_a_second_training_into_a_locked_model_folder_stops_at_once(tmp_path):
+    with folder_lock(str(tmp_path), "nnUNetv2_train_rnca"):
+        with pytest.raises(InputError, match="another nnUNetv2_train_rnca is running in this folder") as error:
+            with folder_lock(str(tmp_path), "nnUNetv2_train_rnca"):
+                pass
+        assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+    with folder_lock(str(tmp_path), "nnUNetv2_train_rnca"):
+        pass  # released when the first one ends
+    assert list(tmp_path.iterdir()) == [], "the lock adds no file"
