@@ -9,7 +9,7 @@ import glob
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
@@ -137,13 +137,18 @@ def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], preprocesse
             + "; ".join(model.validation_command(fold) for fold in missing))
 
 
-def read_probabilities(npz_path: str) -> np.ndarray:
-    """nnU-Net's exported probabilities (C, *spatial), refused unless finite and in [0, 1]. Only the array
-    is read (no pickles); the properties nnU-Net keeps in the .pkl beside it are taken from the image."""
+def read_probabilities(npz_path: str, spatial_shape: Sequence[int]) -> np.ndarray:
+    """nnU-Net's exported probabilities (C, *spatial), refused unless of the image's `spatial_shape` (checked in
+    the header, before anything is allocated), finite and in [0, 1]. Only the array is read (no pickles); the
+    properties nnU-Net keeps in the .pkl beside it are taken from the image."""
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
+            shape = _stored_shape(npz, "probabilities")
+            if tuple(shape[1:]) != tuple(spatial_shape):
+                raise InputError(f"{npz_path}: probabilities of shape {tuple(shape[1:])} do not fit the image's "
+                                 f"{tuple(spatial_shape)}; were they made from the same dataset?")
             probabilities = npz["probabilities"].astype(np.float32)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as error:
         raise InputError(f"{npz_path}: not a readable nnU-Net probability file ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'truncated'}); re-export it with "
                          f"--save_probabilities or --npz") from None
@@ -154,6 +159,14 @@ def read_probabilities(npz_path: str) -> np.ndarray:
         raise InputError(f"{npz_path}: values outside [0, 1] ({probabilities.min():.3g} .. "
                          f"{probabilities.max():.3g}) are not probabilities; export with --save_probabilities")
     return probabilities
+
+
+def _stored_shape(npz, name: str) -> Tuple[int, ...]:
+    """An .npz member's shape from its .npy header (a file that is not an .npz has no `zip`: AttributeError)."""
+    with npz.zip.open(name + ".npy") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(handle)[0]
 
 
 def read_image(reader: BaseReaderWriter, files: List[str], segmentation: bool = False) -> Tuple[np.ndarray, dict]:
@@ -220,9 +233,9 @@ def check_label_values(label: np.ndarray, semantics: LabelSemantics, path: str) 
 def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, labels_folder: str,
                        normalisation: Optional[Normalisation] = None) -> TrainingCase:
     case = os.path.basename(npz_path)[:-4]
-    probabilities = read_probabilities(npz_path)
     reader = model.reader_writer
     image, properties = read_image(reader, image_files(images_folder, case, model.file_ending))
+    probabilities = read_probabilities(npz_path, image.shape[1:])
     label_file = join(labels_folder, case + model.file_ending)
     if not isfile(label_file):
         raise InputError(f"{label_file} not found: run nnUNetv2_plan_and_preprocess for {model.dataset_name} "

@@ -87,8 +87,8 @@ def refine_case(refiner: Refiner, model: ModelFolder, npz_path: str, images_fold
     """Refine one exported case and write it like nnU-Net does (pictures and uncertainty too if asked); returns
     the log line of the case."""
     case = os.path.basename(npz_path)[:-4]
-    probabilities = read_probabilities(npz_path)
     image, properties = read_image(model.reader_writer, image_files(images_folder, case, model.file_ending))
+    probabilities = read_probabilities(npz_path, image.shape[1:])
     refined, segmentation, used = refiner.refine(image, probabilities, steps)
     base = model.semantics.manager.convert_probabilities_to_segmentation(probabilities)
     write_pictures(pictures, case, refiner, image, probabilities, np.asarray(base), segmentation, used)

@@ -193,3 +193,25 @@ def test_a_label_value_dataset_json_does_not_name_is_refused_with_its_file():
     label[0, 5, 5] = 5
     with pytest.raises(InputError, match=r"case_000.png holds label values \[5\] that dataset.json does not name"):
         check_label_values(label, semantics, "case_000.png")
+
+
+def test_a_probability_file_is_checked_before_anything_is_allocated(tmp_path):
+    """A header declaring 2 x 10^10 values (80 GB) is refused from the header; an .npy named .npz is refused."""
+    import zipfile
+
+    from rnca_nnunet.data import read_probabilities
+
+    huge = str(tmp_path / "case_000.npz")
+    with zipfile.ZipFile(huge, "w") as archive, archive.open("probabilities.npy", "w") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (2, 1, 100000, 100000)})
+    with pytest.raises(InputError, match=r"shape \(1, 100000, 100000\) do not fit the image's \(1, 8, 8\)"):
+        read_probabilities(huge, (1, 8, 8))
+    npy = str(tmp_path / "case_001.npz")
+    with open(npy, "wb") as handle:
+        np.save(handle, np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(InputError, match="case_001.npz: not a readable nnU-Net probability file"):
+        read_probabilities(npy, (1, 8, 8))
+    good = str(tmp_path / "case_002.npz")
+    np.savez_compressed(good, probabilities=np.full((2, 1, 8, 8), 0.5, np.float32))
+    assert read_probabilities(good, (1, 8, 8)).shape == (2, 1, 8, 8)
