@@ -38,6 +38,8 @@ def _device(name: Optional[str]) -> torch.device:
         raise InputError("-device cuda was requested but no CUDA device is available; use -device cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise InputError(f"-device must be cpu, cuda or mps, got '{name}'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("-device mps was requested but this machine has no MPS device (Apple silicon); use -device cpu")
     return torch.device(name)
 
 

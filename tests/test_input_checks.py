@@ -215,3 +215,11 @@ def test_a_probability_file_is_checked_before_anything_is_allocated(tmp_path):
     good = str(tmp_path / "case_002.npz")
     np.savez_compressed(good, probabilities=np.full((2, 1, 8, 8), 0.5, np.float32))
     assert read_probabilities(good, (1, 8, 8)).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an MPS device")
+def test_a_device_the_machine_lacks_is_one_line():
+    from rnca_nnunet.cli import _device
+
+    with pytest.raises(InputError, match="-device mps was requested but this machine has no MPS device"):
+        _device("mps")
