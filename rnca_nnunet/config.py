@@ -47,7 +47,13 @@ def preset_names() -> List[str]:
 def load_preset(name_or_path: str, overrides: Optional[dict] = None) -> TrainConfig:
     """A preset name from plugin_configs/ (e.g. vessels_2d) or a path to a JSON file."""
     if os.path.isfile(name_or_path):
-        path, text = name_or_path, open(name_or_path).read()
+        path = name_or_path
+        try:
+            with open(name_or_path, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{path}: cannot be read as a UTF-8 JSON preset ({type(error).__name__}); save it "
+                             f"as UTF-8 text") from None
     elif name_or_path in preset_names():
         path = f"plugin_configs/{name_or_path}.json"
         text = resources.files("rnca_nnunet.plugin_configs").joinpath(f"{name_or_path}.json").read_text()
@@ -122,6 +128,7 @@ def check_config(config: TrainConfig, source: str) -> None:
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
+    _check(0 <= c.seed < 2 ** 32, source, "seed", c.seed, "a whole number from 0 to 2**32 - 1 (NumPy's seeds)")
 
 
 def config_to_dict(config: TrainConfig) -> dict:

@@ -124,11 +124,19 @@ def test_non_finite_inputs_are_refused():
     ({"patch_size": [64]}, "patch_size = [64] is invalid"),
     ({"steps_min": 40, "steps_max": 20}, "steps_min/steps_max"),
     ({"batch_size": 300}, "batch_size = 300 is invalid"),
+    ({"seed": -1}, "seed = -1 is invalid"),
 ])
 def test_impossible_training_settings_are_refused(tmp_path, values, message):
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps(values))
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_preset(str(preset))
+
+
+def test_a_preset_that_is_not_utf8_is_one_line(tmp_path):
+    preset = tmp_path / "preset.json"
+    preset.write_bytes(b'{"iterations": 10, "_about": "\xff\xfe"}')
+    with pytest.raises(InputError, match="preset.json: cannot be read as a UTF-8 JSON preset"):
         load_preset(str(preset))
 
 
