@@ -38,6 +38,8 @@ WEIGHTS_FILE = "refiner.safetensors"
 CONFIG_FILE = "rnca.json"
 FORMAT_VERSION = 1
 READ_ATTEMPTS = 5
+# the intensity properties nnU-Net's normalisation schemes read (preprocessing/normalization)
+NEEDED_PROPERTIES = {"CTNormalization": {"mean", "std", "percentile_00_5", "percentile_99_5"}}
 UNCERTAINTY_RUNS = 8  # stochastic rollouts per case for --save_uncertainty
 
 
@@ -138,7 +140,8 @@ class RNCARefiner:
             steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
             clean_up = CleanUp.from_config(config)
             transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
-        except (ValueError, KeyError, TypeError, AssertionError, AttributeError, InputError) as error:
+            check_channels(shape, semantics, normalisation)
+        except (ValueError, KeyError, TypeError, AssertionError, AttributeError, RecursionError, InputError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise InputError(f"{config_path}: not a valid rnca.json ({first_line}); copy the whole rnca/ folder "
                              f"again or retrain with nnUNetv2_train_rnca") from None
@@ -389,6 +392,17 @@ def check_rule_shape(shape: RuleShape) -> RuleShape:
     return shape
 
 
+def check_channels(shape: RuleShape, semantics: LabelSemantics, normalisation: Normalisation) -> None:
+    """The rule sees the image channels and the mask channels: sizes that disagree with the labels or the
+    normalisation would fail inside a convolution at the first case."""
+    if shape.mask_channels != semantics.mask_channels:
+        raise ValueError(f"rule mask_channels = {shape.mask_channels} but the labels give {semantics.mask_channels}")
+    if shape.context_channels != len(normalisation.schemes) + semantics.mask_channels:
+        raise ValueError(f"rule context_channels = {shape.context_channels} but {len(normalisation.schemes)} image "
+                         f"and {semantics.mask_channels} mask channels give "
+                         f"{len(normalisation.schemes) + semantics.mask_channels}")
+
+
 def check_transpose(axes: object) -> List[int]:
     if not isinstance(axes, list) or sorted(axes) != [0, 1, 2]:
         raise ValueError(f"transpose_forward = {axes!r} must be a permutation of [0, 1, 2]")
@@ -406,6 +420,10 @@ def check_normalisation(normalisation: Normalisation) -> Normalisation:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()):
             raise ValueError(f"normalisation intensity_properties of channel {channel!r} must be finite numbers, "
                              f"got {values!r}")
+    for channel, scheme in enumerate(normalisation.schemes):
+        missing = sorted(NEEDED_PROPERTIES.get(scheme, set()) - set(properties.get(str(channel), {})))
+        if missing:
+            raise ValueError(f"normalisation {scheme} of channel {channel} needs intensity_properties {missing}")
     return normalisation
 
 

@@ -53,6 +53,10 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c.update(max_hole_radius=1e300), "max_hole_radius must be a number of cells from 0 to 1024"),
     (lambda c: c["normalisation"].update(intensity_properties={"0": {"mean": float("nan"), "std": 1.0}}),
      "normalisation intensity_properties of channel '0' must be finite numbers"),
+    (lambda c: c["rule"].update(mask_channels=3), "rule mask_channels = 3 but the labels give 2"),
+    (lambda c: c["rule"].update(context_channels=5), "rule context_channels = 5 but 1 image and 2 mask channels give 3"),
+    (lambda c: c["normalisation"].update(schemes=["CTNormalization"]),
+     "normalisation CTNormalization of channel 0 needs intensity_properties ['mean', 'percentile_00_5'"),
     (lambda c: c.update(format_version=99), "format_version 99 is not one this rnca-nnunet reads"),
     (lambda c: c.update(format_version="1"), "format_version '1' is not one this rnca-nnunet reads"),
 ])
@@ -62,6 +66,14 @@ def test_bad_rnca_json_values_are_refused_before_allocating(tmp_path, edit, mess
     with pytest.raises(InputError) as error:
         RNCARefiner.from_folder(folder, torch.device("cpu"))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_deeply_nested_rnca_json_is_refused(tmp_path):
+    folder = saved_refiner(tmp_path)
+    with open(os.path.join(folder, "rnca.json"), "w") as handle:
+        handle.write('{"rule": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(InputError, match="not a valid rnca.json .maximum recursion depth"):
+        RNCARefiner.from_folder(folder)
 
 
 def test_non_utf8_rnca_json_is_refused(tmp_path):
