@@ -84,14 +84,19 @@ def train_entry_point() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's training iterations")
     parser.add_argument("--keep_base_loops", action="store_true",
                         help="always keep the topology of nnU-Net's mask (loops and components, none lost and none "
-                             "added) and let the rule reshape only its outlines, instead of choosing on the held-out "
-                             "cases how sure nnU-Net must be for its topology to be kept")
+                             "added) and let the rule reshape only its outlines")
+    parser.add_argument("--guard_search", action="store_true",
+                        help="choose on the held-out cases how sure nnU-Net must be for its topology to be kept, and "
+                             "which classes to refine (read-out sizes then from the training cases only); not yet the "
+                             "default, see docs/do-no-harm.md")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))
     overrides = {k: v for k, v in (("val_fraction", args.val_fraction), ("iterations", args.iterations)) if v is not None}
     if args.keep_base_loops:
         overrides["keep_base_loops"] = True
+    if args.guard_search:
+        overrides["guard_search"] = True
     if "iterations" in overrides:
         overrides["validate_every"] = max(1, args.iterations // 10)
     config = load_preset(args.preset or ("vessels_2d" if model.ndim == 2 else "default_3d"), overrides)

@@ -121,12 +121,17 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     refiner.clean_up = CleanUp()
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        choose_read_out(refiner, train_cases, log, work_folder)
+        # with the guard search the sizes come from the training cases only, so the held-out ones score honestly;
+        # without it, from every CV case, as before the search (it is not the default yet: docs/do-no-harm.md)
+        choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log,
+                        work_folder)
         if config.keep_base_loops:
             refiner.clean_up.guard = 0.0
             final = validate(refiner, val_cases, best.iteration)
-        else:
+        elif config.guard_search:
             final = choose_guard(refiner, val_cases, log, work_folder)
+        else:
+            final = validate(refiner, val_cases, best.iteration)
         final.iteration = best.iteration
         log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
             f"{summary_line(final)}; {harm_summary(final)}")
