@@ -4,7 +4,8 @@ Growing-NCA style sample pool: evolved states go back into the pool, so the rule
 mask stable and keep cleaning it well past the training horizon. Patches come from sampling.py, the
 loss from loss.py and loss_weights.py, held-out checkpoint scores from validation.py, and the read-out
 sizes from readout.py; the checkpoint is chosen on held-out topology errors and harm, not on the loss, and
-so is the guard that keeps the base's topology where the rule's changes do not pay (readout.choose_guard).
+with `guard_search` so is the guard that keeps the base's topology where the rule's changes do not pay
+(readout.choose_guard).
 """
 from __future__ import annotations
 
