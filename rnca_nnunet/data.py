@@ -137,14 +137,21 @@ def partial_cv_note(model: ModelFolder, predictions: Dict[str, str], preprocesse
             + "; ".join(model.validation_command(fold) for fold in missing))
 
 
-def read_probabilities(npz_path: str, spatial_shape: Sequence[int]) -> np.ndarray:
-    """nnU-Net's exported probabilities (C, *spatial), refused unless of the image's `spatial_shape` (checked in
-    the header, before anything is allocated), finite and in [0, 1]. Only the array is read (no pickles); the
-    properties nnU-Net keeps in the .pkl beside it are taken from the image."""
+MAX_VALUES = 2 ** 33  # 32 GiB of float32: no case nnU-Net predicts on one machine holds more
+
+
+def read_probabilities(npz_path: str, spatial_shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    """nnU-Net's exported probabilities (C, *spatial), refused unless of the image's `spatial_shape` when given
+    (else of at most MAX_VALUES values; checked in the header, before anything is allocated), finite and in
+    [0, 1]. Only the array is read (no pickles); the properties nnU-Net keeps in the .pkl beside it are taken
+    from the image."""
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             shape = _stored_shape(npz, "probabilities")
-            if tuple(shape[1:]) != tuple(spatial_shape):
+            if spatial_shape is None and int(np.prod(shape, dtype=np.float64)) > MAX_VALUES:
+                raise InputError(f"{npz_path}: probabilities of shape {tuple(shape)} hold more than {MAX_VALUES} "
+                                 f"values; re-export the case with nnU-Net")
+            if spatial_shape is not None and tuple(shape[1:]) != tuple(spatial_shape):
                 raise InputError(f"{npz_path}: probabilities of shape {tuple(shape[1:])} do not fit the image's "
                                  f"{tuple(spatial_shape)}; were they made from the same dataset?")
             probabilities = npz["probabilities"].astype(np.float32)
@@ -200,6 +207,8 @@ def find_unusable_image(cases: List[List[str]], reader: BaseReaderWriter, channe
 def image_files(images_folder: str, case: str, file_ending: str) -> List[str]:
     """The case's image files `<case>_XXXX<ending>`, found as nnU-Net finds them: one file per channel,
     or one file holding several (an RGB .png)."""
+    if not os.path.isdir(images_folder):
+        raise InputError(f"{images_folder} not found: the images of the cases must be there")
     files = create_paths_fn(images_folder, sorted(os.listdir(images_folder)), file_ending, case)
     if not files:
         raise InputError(f"{join(images_folder, case + '_0000' + file_ending)} not found: the image of case "
@@ -233,9 +242,9 @@ def check_label_values(label: np.ndarray, semantics: LabelSemantics, path: str) 
 def load_training_case(model: ModelFolder, npz_path: str, images_folder: str, labels_folder: str,
                        normalisation: Optional[Normalisation] = None) -> TrainingCase:
     case = os.path.basename(npz_path)[:-4]
+    probabilities = read_probabilities(npz_path)
     reader = model.reader_writer
     image, properties = read_image(reader, image_files(images_folder, case, model.file_ending))
-    probabilities = read_probabilities(npz_path, image.shape[1:])
     label_file = join(labels_folder, case + model.file_ending)
     if not isfile(label_file):
         raise InputError(f"{label_file} not found: run nnUNetv2_plan_and_preprocess for {model.dataset_name} "
