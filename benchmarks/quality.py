@@ -37,7 +37,7 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
     train = iterations != 0
     if train and not os.path.isfile(os.path.join(model_folder, "rnca", "rnca.json")):  # kept from an earlier run
         run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device", "cpu",
-                  "--disable_progress_bar", "--guard_search", *(["--iterations", str(iterations)] if iterations else []),
+                  "--disable_progress_bar", *(["--iterations", str(iterations)] if iterations else []),
                   *(["--preset", preset] if preset else [])], env, log)
     images = os.path.join(env["nnUNet_raw"], dataset, "imagesTs")
     folders = {name: os.path.join(out, "predictions", name) for name in ("base", "largest component", "closing")}

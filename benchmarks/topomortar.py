@@ -76,7 +76,7 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
         with open(done) as handle:
             return json.load(handle)
     semantics, normalisation = LabelSemantics({"background": 0, "mortar": 1}), Normalisation(["ZScoreNormalization"] * 3, {})
-    overrides = {"corrupted_fraction": 0.0, "seed": seed, "guard_search": True}
+    overrides = {"corrupted_fraction": 0.0, "seed": seed}
     if iterations:
         overrides.update(iterations=iterations, validate_every=max(1, iterations // 15))
     config = load_preset(PRESET, overrides)

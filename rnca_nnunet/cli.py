@@ -85,18 +85,12 @@ def train_entry_point() -> None:
     parser.add_argument("--keep_base_loops", action="store_true",
                         help="always keep the topology of nnU-Net's mask (loops and components, none lost and none "
                              "added) and let the rule reshape only its outlines")
-    parser.add_argument("--guard_search", action="store_true",
-                        help="choose on the held-out cases how sure nnU-Net must be for its topology to be kept, and "
-                             "which classes to refine (read-out sizes then from the training cases only); not yet the "
-                             "default, see docs/do-no-harm.md")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))
     overrides = {k: v for k, v in (("val_fraction", args.val_fraction), ("iterations", args.iterations)) if v is not None}
     if args.keep_base_loops:
         overrides["keep_base_loops"] = True
-    if args.guard_search:
-        overrides["guard_search"] = True
     if "iterations" in overrides:
         overrides["validate_every"] = max(1, args.iterations // 10)
     config = load_preset(args.preset or ("vessels_2d" if model.ndim == 2 else "default_3d"), overrides)
@@ -168,8 +162,8 @@ def predict_parser() -> argparse.ArgumentParser:
                             "none, exactly nnUNetv2_predict)")
     group.add_argument("--refiner_steps", type=int, default=None, help="override the refiner's step count")
     group.add_argument("--refiner_precision", default=None, choices=sorted(PRECISIONS),
-                       help="the rule's arithmetic (default: float16 on CUDA, bfloat16 on the CPU; labels within 0.1%% "
-                            "of float32's, see benchmarks/SPEED_CUDA.md)")
+                       help="the rule's arithmetic (default: float16 on CUDA, bfloat16 on a CPU with bfloat16 "
+                            "instructions, else float32; labels within 0.1%% of float32's, see benchmarks/SPEED_CUDA.md)")
     group.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
     group.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
     group.add_argument("--save_uncertainty", action="store_true", help=UNCERTAINTY_HELP)

@@ -36,7 +36,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     holdout_by_errors: bool = False
     keep_base_loops: bool = False
-    guard_search: bool = False  # choose the guard and the classes to refine on the held-out cases (readout.choose_guard)
+    guard_search: bool = True  # choose the guard and the classes to refine on the held-out cases (readout.choose_guard)
     seed: int = 0
 
 

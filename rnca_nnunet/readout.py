@@ -1,7 +1,7 @@
 """Choose the read-out on the CV cases, beside cleanup.py as nnU-Net keeps its post-processing search beside
-its connected-component code: the clean-up's sizes (on the training cases with `guard_search`, else on all
-CV cases), then with `guard_search` the guard of the base's topology and the classes left unrefined on the
-held-out ones, each kept only where it scores strictly better than the safer choice."""
+its connected-component code: the clean-up's sizes on the training cases, then the guard of the base's
+topology and the classes left unrefined on the held-out ones, each kept only where it scores strictly better
+than the safer choice (`guard_search: false` in a preset: sizes on every CV case and no guard, as before)."""
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
@@ -86,7 +86,7 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     Chosen on held-out cases, which the rule never trained on: on its training cases a rule rarely breaks
     what is right (TopoMortar's noisy labels: beta1 error 0.24 on the 50 train walls, and one in three intact
     val walls broken). Ties go to the safer choice, so a refiner whose held-out cases show no gain from
-    changing the base's topology keeps it (train.py calls this with `guard_search`; not yet the default)."""
+    changing the base's topology keeps it (train.py, unless a preset sets `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
     best, chosen = None, None
     for threshold in GUARD_THRESHOLDS:

@@ -4,8 +4,7 @@ Growing-NCA style sample pool: evolved states go back into the pool, so the rule
 mask stable and keep cleaning it well past the training horizon. Patches come from sampling.py, the
 loss from loss.py and loss_weights.py, held-out checkpoint scores from validation.py, and the read-out
 sizes from readout.py; the checkpoint is chosen on held-out topology errors and harm, not on the loss, and
-with `guard_search` so is the guard that keeps the base's topology where the rule's changes do not pay
-(readout.choose_guard).
+so is the guard that keeps the base's topology where the rule's changes do not pay (readout.choose_guard).
 """
 from __future__ import annotations
 
@@ -122,8 +121,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     refiner.clean_up = CleanUp()
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        # with the guard search the sizes come from the training cases only, so the held-out ones score honestly;
-        # without it, from every CV case, as before the search (it is not the default yet: docs/do-no-harm.md)
+        # with the guard search (the default) the sizes come from the training cases only, so the held-out ones
+        # choose the guard and score honestly; without it, from every CV case, as before the search
         choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log,
                         work_folder)
         if config.keep_base_loops:
