@@ -7,10 +7,11 @@ defaults (test-time mirroring) and at its fastest (--disable_tta); one fold each
 nnU-Net's time, the refinement's time (inside the refining run) and their ratio, steps, voxel-steps per
 second. Part `memory`: peak RSS of refining a volume and ones 4x and 16x as large, each in a fresh process. Part
 `training_memory`: peak RSS of a short training on N and 4N cases, in memory and on disk.
-Part `rule`: each trained rule alone on a large generated case (the cases repeated along every axis), in
-every numeric variant this device offers (float32, bf16 autocast, channels-last; on CUDA also fp16 autocast
-and torch.compile): seconds, voxel-steps per second, peak GPU memory and the share of voxels whose label differs
-from float32's.
+Part `topomortar`: the same on the TopoMortar demo base of `benchmarks/topomortar.py --parts nnunet`
+(`--topomortar`, its --out folder), 5 folds at --disable_tta. Part `rule`: each trained rule alone on a
+large generated case (the cases repeated along every axis), in every numeric variant this device offers
+(float32, bf16 autocast, channels-last; on CUDA also fp16 autocast and torch.compile): seconds, voxel-steps
+per second, peak GPU memory and the share of voxels whose label differs from float32's.
 
     python benchmarks/speed.py --out speed_output --markdown benchmarks/SPEED.md
 Finished nnU-Net folds and refiners in --out are kept, so a stopped run resumes.
@@ -36,6 +37,9 @@ from rnca_nnunet.synthetic import corrupted_cases
 DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 30)}  # id, configuration, rNCA iterations
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
+PIPELINE_HEADER = ("| dataset | nnU-Net setting | refiner precision | cases | nnU-Net s/case | refinement s/case | "
+                   "refinement / nnU-Net | whole run, s/case added | steps/case | voxel-steps/s |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def machine() -> str:
@@ -82,7 +86,7 @@ def training_rows(paths: Dict[str, Dict[str, str]]) -> List[str]:
 
 
 def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, refine: bool,
-                     precision: str = "default") -> Dict[str, float]:
+                     precision: str = "default", folds: Sequence[int] = (0,)) -> Dict[str, float]:
     """One in-process prediction of every case; with `refine`, the time spent inside the refiner too."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -91,7 +95,7 @@ def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, 
     device = DEVICE
     predictor = (RNCAPredictor if refine else nnUNetPredictor)(device=device, use_mirroring=mirroring,
                                                                allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_folder, (0,))
+    predictor.initialize_from_trained_model_folder(model_folder, tuple(folds))
     record = {"refine_s": 0.0, "steps": 0, "voxel_steps": 0, "cases": 0}
     if refine:
         predictor.log = lambda line: None
@@ -128,6 +132,25 @@ def pipeline_rows(kind: str, paths: Dict[str, str], out: str, precisions: List[s
                                        mirroring, True, precision)
             rows.append(pipeline_row(kind, setting, refined.pop("precision"), plain, refined))
             print(rows[-1], flush=True)
+    return rows
+
+
+def topomortar_rows(bench_folder: str, out: str, precisions: List[str]) -> List[str]:
+    """The TopoMortar demo base of `benchmarks/topomortar.py --parts nnunet` (its --out folder), all 5 folds
+    at --disable_tta, on its 20 val walls (256x256): the issue's setting for refinement <= 25% of nnU-Net."""
+    results = os.path.join(bench_folder, "nnUNet_results")
+    dataset = next(d for d in sorted(os.listdir(results)) if d.startswith("Dataset950"))
+    model_folder = os.path.join(results, dataset, f"{TRAINER}__nnUNetPlans__2d")
+    images = os.path.join(bench_folder, "nnUNet_raw", dataset, "imagesTs")
+    os.environ.update(nnunet_environment(bench_folder))
+    rows = []
+    for precision in precisions:
+        plain = timed_prediction(model_folder, images, os.path.join(out, "plain"), False, False, folds=range(5))
+        refined = timed_prediction(model_folder, images, os.path.join(out, "refined"), False, True, precision,
+                                   range(5))
+        rows.append(pipeline_row("TopoMortar (5 folds)", "fastest (--disable_tta)", refined.pop("precision"), plain,
+                                 refined))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -273,7 +296,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="speed_output")
     parser.add_argument("--parts", nargs="+", default=["pipeline", "memory", "training_memory", "rule"],
-                        choices=["pipeline", "memory", "training_memory", "rule"])
+                        choices=["pipeline", "memory", "training_memory", "rule", "topomortar"])
+    parser.add_argument("--topomortar", default="bench_topomortar",
+                        help="part topomortar: the --out folder of benchmarks/topomortar.py --parts nnunet")
     parser.add_argument("--cases", type=int, default=10, help="training cases per dataset")
     parser.add_argument("--test_cases", type=int, default=5, help="predicted cases per dataset")
     parser.add_argument("--precisions", nargs="+", default=["default"], choices=["default", *PRECISIONS],
@@ -289,9 +314,11 @@ def main() -> None:
     if "pipeline" in args.parts:
         rows = [r for kind in DATASETS
                 for r in pipeline_rows(kind, paths[kind], os.path.join(args.out, kind), args.precisions)]
-        sections.append("| dataset | nnU-Net setting | refiner precision | cases | nnU-Net s/case | refinement "
-                        "s/case | refinement / nnU-Net | whole run, s/case added | steps/case | voxel-steps/s |\n"
-                        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+        sections.append(PIPELINE_HEADER + "\n".join(rows))
+    if "topomortar" in args.parts:
+        sections.append(PIPELINE_HEADER + "\n".join(topomortar_rows(os.path.abspath(args.topomortar),
+                                                                    os.path.join(args.out, "topomortar"),
+                                                                    args.precisions)))
     if "memory" in args.parts:
         rows = memory_rows(os.path.join(paths["cardiac3d"]["model_folder"], "rnca"))
         sections.append("| refinement | cells | peak RSS added, GiB |\n|---|---|---|\n" + "\n".join(rows))
