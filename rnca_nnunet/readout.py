@@ -83,23 +83,25 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     when it scores strictly better), then leave unrefined every class on which the refinement does not score
     better than the base; returns the held-out result of the read-out chosen.
 
-    Chosen on held-out cases, which the rule never trained on: on its training cases a rule rarely breaks
-    what is right (TopoMortar's noisy labels: beta1 error 0.24 on the 50 train walls, and one in three intact
-    val walls broken). Ties go to the safer choice, so a refiner whose held-out cases show no gain from
+    Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
+    outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
+    cases a rule rarely breaks what is right (TopoMortar's noisy labels: beta1 error 0.24 on the 50 train
+    walls, and one in three intact val walls broken). Ties go to the safer choice, so a refiner whose held-out cases show no gain from
     changing the base's topology keeps it (train.py, unless a preset sets `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
     best, chosen = None, None
     for threshold in GUARD_THRESHOLDS:
         refiner.clean_up.guard = threshold
         result = validate(refiner, cases, 0, refined)
+        score = result.decision_score(list(result.after))
         log(f"guard {'off' if threshold is None else f'{threshold:g}'} on {len(cases)} held-out cases: "
-            f"{summary_line(result)} {harm_summary(result)} score {result.score:.3f}")
-        if best is None or result.score < best.score - 1e-6:
+            f"{summary_line(result)} {harm_summary(result)} score {score:.3f}")
+        if best is None or score < best.decision_score(list(best.after)) - 1e-6:
             best, chosen = result, threshold
     refiner.clean_up.guard = chosen
-    unhelped = [name for name in best.after if best.class_score([name]) >= 1.0 - 1e-6]
+    unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:
-        log(f"{name}: refiner {'OFF' if name in unhelped else 'on'} (held-out score {best.class_score([name]):.3f},"
+        log(f"{name}: refiner {'OFF' if name in unhelped else 'on'} (held-out score {best.decision_score([name]):.3f},"
             f" nnU-Net's own masks 1; {harm_line(best.harm([name]))})")
     if unhelped:
         labels = sorted({label for name in unhelped for label in refiner.semantics.classes[name]})

@@ -35,7 +35,7 @@ def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRe
     if record.final:
         best = record.final
         path = os.path.join(folder, "validation.json")
-        decision = {name: {"refined": name not in unrefined, "score": best.class_score([name]), **best.harm([name])}
+        decision = {name: {"refined": name not in unrefined, "score": best.decision_score([name]), **best.harm([name])}
                     for name in best.after}
         with open(path, "w") as handle:
             json.dump({"iteration": best.iteration, "read_out": str(refiner.clean_up), "per_class": decision,

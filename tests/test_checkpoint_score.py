@@ -24,6 +24,19 @@ def test_a_checkpoint_that_breaks_an_intact_case_loses_to_one_that_repairs_less(
     assert repairs_one_breaks_none.score < repairs_both_breaks_one.score
 
 
+def test_the_read_out_decision_keeps_nnunets_topology_where_repairs_barely_pay_for_breakage():
+    """TopoMortar's noisy labels, seed 0, 10 held-out walls: the guard off repaired three one-loop walls and
+    broke one of seven intact ones, and on the val walls then broke 5 of 15 intact ones; guard 0 changed no
+    loop. The checkpoint score (harm once) prefers the guard off; the decision (harm twice) must keep guard 0."""
+    before, after = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    guard_off, guard_0 = result(before, after), result(before, before)
+    assert guard_off.score < guard_0.score, "with harm charged once the repairs win ..."
+    assert guard_0.decision_score(["wall"]) < guard_off.decision_score(["wall"]), "... with harm charged twice not"
+    worse_bases = [2, 2, 2, 0, 0, 0, 0, 0, 0, 0]  # the same repairs of two loops each still win
+    unchanged = result(worse_bases, worse_bases)
+    assert result(worse_bases, after).decision_score(["wall"]) < unchanged.decision_score(["wall"])
+
+
 def test_without_intact_cases_the_score_is_the_share_of_errors_left():
     assert result([2, 4], [1, 2]).newly_broken_share == 0.0
     assert abs(result([2, 4], [1, 2]).score - (1.5 + 1) / (3 + 1)) < 1e-9
