@@ -139,7 +139,12 @@ def topomortar_rows(bench_folder: str, out: str, precisions: List[str]) -> List[
     """The TopoMortar demo base of `benchmarks/topomortar.py --parts nnunet` (its --out folder), all 5 folds
     at --disable_tta, on its 20 val walls (256x256): the issue's setting for refinement <= 25% of nnU-Net."""
     results = os.path.join(bench_folder, "nnUNet_results")
-    dataset = next(d for d in sorted(os.listdir(results)) if d.startswith("Dataset950"))
+    datasets = [d for d in sorted(os.listdir(results)) if d.startswith("Dataset950")] if os.path.isdir(results) else []
+    if not datasets:
+        print(f"error: no Dataset950 in {results}; run benchmarks/topomortar.py --parts nnunet --out {bench_folder} "
+              f"first (--topomortar names its --out folder)", file=sys.stderr)
+        sys.exit(2)
+    dataset = datasets[0]
     model_folder = os.path.join(results, dataset, f"{TRAINER}__nnUNetPlans__2d")
     images = os.path.join(bench_folder, "nnUNet_raw", dataset, "imagesTs")
     os.environ.update(nnunet_environment(bench_folder))

@@ -163,7 +163,8 @@ def predict_parser() -> argparse.ArgumentParser:
     group.add_argument("--refiner_steps", type=int, default=None, help="override the refiner's step count")
     group.add_argument("--refiner_precision", default=None, choices=sorted(PRECISIONS),
                        help="the rule's arithmetic (default: float16 on CUDA, bfloat16 on a CPU with bfloat16 "
-                            "instructions, else float32; labels within 0.1%% of float32's, see benchmarks/SPEED_CUDA.md)")
+                            "instructions, else float32; labels within 0.1%% of float32's, see "
+                            "benchmarks/SPEED_CUDA.md)")
     group.add_argument("--png", default=None, metavar="DIR", help="before/after overlay per case")
     group.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
     group.add_argument("--save_uncertainty", action="store_true", help=UNCERTAINTY_HELP)

@@ -86,18 +86,19 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
     cases a rule rarely breaks what is right (TopoMortar's noisy labels: beta1 error 0.24 on the 50 train
-    walls, and one in three intact val walls broken). Ties go to the safer choice, so a refiner whose held-out cases show no gain from
-    changing the base's topology keeps it (train.py, unless a preset sets `guard_search: false`)."""
+    walls, and one in three intact val walls broken). Ties go to the safer choice, so a refiner whose
+    held-out cases show no gain from changing the base's topology keeps it (train.py, unless a preset sets
+    `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
-    best, chosen = None, None
+    best, chosen, best_score = None, None, float("inf")
     for threshold in GUARD_THRESHOLDS:
         refiner.clean_up.guard = threshold
         result = validate(refiner, cases, 0, refined)
         score = result.decision_score(list(result.after))
         log(f"guard {'off' if threshold is None else f'{threshold:g}'} on {len(cases)} held-out cases: "
             f"{summary_line(result)} {harm_summary(result)} score {score:.3f}")
-        if best is None or score < best.decision_score(list(best.after)) - 1e-6:
-            best, chosen = result, threshold
+        if score < best_score - 1e-6:
+            best, chosen, best_score = result, threshold, score
     refiner.clean_up.guard = chosen
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:

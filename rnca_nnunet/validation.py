@@ -16,8 +16,8 @@ from rnca_nnunet.state import (base_confidence, probabilities_from_mask, segment
 
 HARM_WEIGHT = 1.0  # breaking every intact structure costs as much as leaving every error in place
 # a read-out less safe than the guard's safest is kept only when its repairs pay for twice its harm: on TopoMortar's
-# noisy labels (seed 0) the guard off scored 0.011 better than guard 0 on 10 held-out walls (2 loops repaired,
-# 1 of 7 intact walls broken) and then broke 5 of 15 intact val walls (beta1 error 0.30 -> 0.85)
+# noisy labels (seed 0) the guard off scored 0.011 better than guard 0 on 10 held-out walls (3 one-loop walls
+# repaired, 1 of 7 intact walls broken) and then broke 5 of 15 intact val walls (beta1 error 0.30 -> 0.85)
 DECISION_HARM_WEIGHT = 2.0
 
 
