@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -83,10 +84,10 @@ MAX_STEPS = 4096  # a local rule reaches 2 cells a step: 4096 steps cross any im
 
 
 def check_steps(value: object, name: str) -> int:
-    """A step count from a user or a file: a whole number from 1 to MAX_STEPS."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+    """A step count from a user or a file: a whole number (NumPy's too) from 1 to MAX_STEPS."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_STEPS:
         raise InputError(f"{name} must be a whole number of steps from 1 to {MAX_STEPS}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _check(ok: bool, source: str, name: str, value: object, rule: str) -> None:

@@ -94,15 +94,16 @@ def test_missing_folder_and_wrong_channels_are_clear(tmp_path):
     with pytest.raises(InputError, match="nnUNetv2_train_rnca"):
         RNCARefiner.from_folder(str(tmp_path / "nothing"))
     image, probabilities = random_case((1, 16, 16))
-    with pytest.raises(InputError, match="channels"):
+    with pytest.raises(InputError, match="channel"):
         random_refiner(2).refine(image, probabilities[:2])
 
 
 def test_stable_masks_stop_early():
     refiner = random_refiner(2)
     torch.nn.init.zeros_(refiner.model.update_out.weight)
+    refiner.steps = 64
     image, probabilities = random_case((1, 24, 24))
-    _, _, used = refiner.refine(image, probabilities, steps=64)
+    _, _, used = refiner.refine(image, probabilities)
     assert used == 16
 
 
