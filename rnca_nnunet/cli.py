@@ -194,6 +194,7 @@ def run_prediction(args: argparse.Namespace) -> None:
     import multiprocessing
 
     from rnca_nnunet.predict import PictureFolders
+    from rnca_nnunet.prediction_checks import check_prediction_arguments
     from rnca_nnunet.predictor import RNCAPredictor
     from rnca_nnunet.refiner import PRECISIONS
 
@@ -211,12 +212,15 @@ def run_prediction(args: argparse.Namespace) -> None:
                               verbose=args.verbose, verbose_preprocessing=args.verbose,
                               allow_tqdm=not args.disable_progress_bar, refiner_steps=steps,
                               pictures=PictureFolders(args.png, args.gif), save_uncertainty=args.save_uncertainty)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk,
-                                                   refiner=None if args.refiner == "none" else args.refiner)
+    with nnunet_failures(f"{model_folder} (-chk {args.chk}, -f {' '.join(map(str, folds))})"):
+        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk,
+                                                       refiner=None if args.refiner == "none" else args.refiner)
     if args.refiner != "none" and predictor.refiner is None:
         raise InputError(f"refiner '{args.refiner}' refines nothing; drop --refiner to predict without one")
     if args.refiner_precision:
         predictor.refiner.precision = PRECISIONS[args.refiner_precision]
+    if steps is not None and hasattr(predictor.refiner, "check_steps"):
+        predictor.refiner.check_steps(steps)  # bounded by the trained steps before nnU-Net predicts anything
     os.makedirs(args.o, exist_ok=True)
     with diagnosed_input_errors(args.i, predictor):
         if args.npp == 0 and args.nps == 0:
@@ -231,38 +235,18 @@ def run_prediction(args: argparse.Namespace) -> None:
                                          num_parts=args.num_parts, part_id=args.part_id)
 
 
-def check_prediction_arguments(args: argparse.Namespace, model_folder: str) -> List:
-    """Everything nnU-Net would otherwise meet as an assertion, a traceback or a silent no-op; returns the folds."""
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
-
-    from rnca_nnunet.data import read_model_folder
-
-    if not os.path.isdir(args.i):
-        raise InputError(f"-i {args.i} is not a folder; give the folder with the images <case>_0000<ending>")
-    if os.path.isfile(args.o):
-        raise InputError(f"-o {args.o} is a file; give a folder for the segmentations")
-    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
-        raise InputError(f"-part_id {args.part_id} with -num_parts {args.num_parts}: part IDs run from 0 to "
-                         f"num_parts - 1")
-    if not 0 < args.step_size <= 1:
-        raise InputError(f"-step_size {args.step_size} must be in (0, 1]")
-    if args.npp < 0 or args.nps < 0:
-        raise InputError("-npp and -nps must be >= 0 (both 0: no multiprocessing)")
-    folds = []
-    for fold in args.f:
-        if fold != "all" and not str(fold).isdigit():
-            raise InputError(f"-f {fold}: folds are numbers or 'all'")
-        fold = fold if fold == "all" else int(fold)
-        checkpoint = os.path.join(model_folder, f"fold_{fold}", args.chk)
-        if not os.path.isfile(checkpoint):
-            raise InputError(f"{checkpoint} not found: fold {fold} is not trained (or -chk is wrong); pass -f with "
-                             f"the trained folds")
-        folds.append(fold)
-    ending = read_model_folder(model_folder).file_ending
-    if not create_lists_from_splitted_dataset_folder(args.i, ending):
-        raise InputError(f"no images <case>_0000{ending} in -i {args.i}; the files must end in {ending} like the "
-                         f"training data")
-    return folds
+@contextlib.contextmanager
+def nnunet_failures(what: str) -> Iterator[None]:
+    """nnU-Net's own failure while loading `what` (a damaged plans.json, a checkpoint of another network) as
+    our one line, nnU-Net's message quoted."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+        raise InputError(f"{what}: nnU-Net could not load it ({type(error).__name__}: {first_line}); check that the "
+                         f"model folder is complete and was trained with this nnunetv2") from None
 
 
 @contextlib.contextmanager
@@ -348,10 +332,20 @@ def evaluate_entry_point() -> None:
     parser.add_argument("-djfile", default=None, help="dataset.json with the labels (default: the one nnU-Net "
                         "writes beside its predictions, else the raw dataset's above -ref)")
     args = parser.parse_args()
+    from rnca_nnunet.files import check_writable_folder
+
     folders = {"base": args.pred, **({"refined": args.pred_refined} if args.pred_refined else {})}
     for folder in (args.ref, *folders.values(), *([args.images] if args.images else [])):
         if not os.path.isdir(folder):
             raise InputError(f"{folder} is not a folder")
+    if args.np < 1:
+        raise InputError(f"-np {args.np}: give 1 or more processes")
+    if args.o is not None:
+        if os.path.isdir(args.o):
+            raise InputError(f"-o {args.o} is a folder; give the JSON summary's file name, e.g. {args.o}/summary.json")
+        check_writable_folder(os.path.dirname(os.path.abspath(args.o)), "-o")
+    if args.png is not None:
+        check_writable_folder(args.png, "--png")
     summary = evaluate_folders(args.ref, folders, args.np, args.png, args.images, args.djfile)
     print(format_table(summary))
     if args.o:

@@ -84,7 +84,14 @@ def read_model_folder(path: str) -> ModelFolder:
     except (ValueError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: dataset.json or plans.json is not valid JSON ({error}); copy them again from "
                          f"the training run") from None
-    return ModelFolder(path, os.path.basename(os.path.dirname(path)), parts[0], parts[1], parts[2], dataset_json, plans)
+    model = ModelFolder(path, os.path.basename(os.path.dirname(path)), parts[0], parts[1], parts[2], dataset_json,
+                        plans)
+    try:  # everything later steps read from the two files, read once here so a damaged one is named now
+        model.file_ending, model.semantics, model.reader_writer, model.transpose_forward, model.ndim, model.normalisation
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as error:
+        raise InputError(f"{path}: dataset.json or plans.json is not nnU-Net's ({type(error).__name__}: {error}); "
+                         f"copy them again from the training run") from None
+    return model
 
 
 def find_cv_predictions(model: ModelFolder, log: Callable[[str], None] = print) -> Dict[str, str]:
@@ -155,6 +162,8 @@ def read_probabilities(npz_path: str, spatial_shape: Optional[Sequence[int]] = N
                 raise InputError(f"{npz_path}: probabilities of shape {tuple(shape[1:])} do not fit the image's "
                                  f"{tuple(spatial_shape)}; were they made from the same dataset?")
             probabilities = npz["probabilities"].astype(np.float32)
+    except InputError:  # the shape checks above: already one line
+        raise
     except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as error:
         raise InputError(f"{npz_path}: not a readable nnU-Net probability file ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'truncated'}); re-export it with "

@@ -5,12 +5,13 @@ import json
 import os
 from multiprocessing import get_context
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
+from rnca_nnunet.data import read_image
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.metrics import case_metrics, harm_and_repair, harm_line, mean_metrics
@@ -36,7 +37,7 @@ class LabelDefinition:
 
 
 def label_definition(dataset_json_file: Optional[str], folders: Sequence[str], reference_files: Sequence[str],
-                     prediction_files: Sequence[str], reader) -> LabelDefinition:
+                     prediction_files: Sequence[str], reader, log: Callable[[str], None] = print) -> LabelDefinition:
     """From dataset.json as nnU-Net's evaluation takes it (-djfile, else the one nnU-Net writes beside its
     predictions, else the raw dataset's above the references); without one, every label value present in the
     references or the predictions (a label only a prediction holds is an error to report, not to skip)."""
@@ -54,19 +55,21 @@ def label_definition(dataset_json_file: Optional[str], folders: Sequence[str], r
             return LabelDefinition(semantics.classes, semantics.ignore_label, allowed)
     if dataset_json_file:
         raise InputError(f"-djfile {dataset_json_file} not found")
-    values = sorted({int(v) for f in [*reference_files, *prediction_files] for v in np.unique(reader.read_seg(f)[0])
-                     if v > 0})
+    values = sorted({int(v) for f in [*reference_files, *prediction_files]
+                     for v in np.unique(read_image(reader, [f], segmentation=True)[0]) if v > 0})
+    log(f"no dataset.json beside -pred or above -ref: every label value found is scored as its own class "
+        f"({[f'label_{v}' for v in values][:8]}); pass -djfile to name the classes and the ignore label")
     return LabelDefinition({f"label_{v}": [v] for v in values}, None, None)
 
 
 def _evaluate_case(args) -> Dict:
     reference_file, prediction_files, labels, reader_class, png_folder, image_file = args
     reader = reader_class()
-    reference, properties = reader.read_seg(reference_file)
+    reference, properties = read_image(reader, [reference_file], segmentation=True)
     entry = {"case": os.path.basename(reference_file)}
     segmentations = {}
     for key, path in prediction_files.items():
-        prediction, _ = reader.read_seg(path)
+        prediction, _ = read_image(reader, [path], segmentation=True)
         if prediction.shape != reference.shape:
             raise InputError(f"{path}: shape {prediction.shape[1:]} differs from the reference {reference_file} "
                              f"{reference.shape[1:]}; predictions must be in the reference's image space")
@@ -99,7 +102,7 @@ def _image_file(images_folder: Optional[str], reference_file: str, ending: str) 
 
 def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_processes: int = 2,
                      png_folder: Optional[str] = None, images_folder: Optional[str] = None,
-                     dataset_json_file: Optional[str] = None) -> Dict:
+                     dataset_json_file: Optional[str] = None, log: Callable[[str], None] = print) -> Dict:
     """Per-case and mean metrics of each prediction folder (`{"base": folder, "refined": folder}`), classes
     from dataset.json (see `label_definition`); with `png_folder`, an overlay per case of label, base and
     refined (on the raw image from `images_folder`)."""
@@ -117,7 +120,7 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
         pairs.append((reference, files))
     reader_class = determine_reader_writer_from_file_ending(ending, references[0], verbose=False)
     labels = label_definition(dataset_json_file, list(predictions.values()), references,
-                              [f for _, files in pairs for f in files.values()], reader_class())
+                              [f for _, files in pairs for f in files.values()], reader_class(), log)
     if not labels.classes:
         raise InputError("no foreground label in the references or predictions and no dataset.json; pass -djfile")
     jobs = [(r, f, labels, reader_class, png_folder, _image_file(images_folder, r, ending)) for r, f in pairs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -17,6 +18,20 @@ except ImportError:  # Windows: no advisory locks
     fcntl = None
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+# the system's answers to a write that no retry will fix: the user must free space or choose another place
+_CANNOT_WRITE = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def _named_write_failures(path: str) -> Iterator[None]:
+    """A full disk, a read-only or forbidden folder while writing `path`: one line naming it."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _CANNOT_WRITE:
+            raise
+        raise InputError(f"{path}: cannot be written ({error.strerror}); free space or choose a writable output "
+                         f"folder (nothing partial was left)") from None
 
 
 def _shared_permissions(path: str, directory: bool = False) -> None:
@@ -31,14 +46,16 @@ def atomic_path(final_path: str, ending: str = "") -> Iterator[str]:
     """Yield a temporary path beside `final_path` (same `ending`, so writers pick the same format);
     it replaces `final_path` only if the block finishes."""
     folder = os.path.dirname(os.path.abspath(final_path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=ending or os.path.splitext(final_path)[1],
-                                         dir=folder)
+    with _named_write_failures(final_path):
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=ending or os.path.splitext(final_path)[1],
+                                             dir=folder)
     os.close(handle)
     try:
-        yield temporary
-        _shared_permissions(temporary)
-        os.replace(temporary, final_path)
+        with _named_write_failures(final_path):
+            yield temporary
+            _shared_permissions(temporary)
+            os.replace(temporary, final_path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -50,17 +67,34 @@ def atomic_folder_path(final_path: str) -> Iterator[str]:
     and any side files a writer adds, e.g. the spacing .json of nnU-Net's Tiff3DIO) moves into place when the
     block finishes, the file itself last, so its presence means the case is complete."""
     folder = os.path.dirname(os.path.abspath(final_path))
-    os.makedirs(folder, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partial-", dir=folder)
+    with _named_write_failures(final_path):
+        os.makedirs(folder, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".partial-", dir=folder)
     name = os.path.basename(final_path)
     try:
-        yield os.path.join(staging, name)
-        written = sorted(os.listdir(staging), key=lambda f: f == name)
-        for file in written:
-            _shared_permissions(os.path.join(staging, file))
-            os.replace(os.path.join(staging, file), os.path.join(folder, file))
+        with _named_write_failures(final_path):
+            yield os.path.join(staging, name)
+            written = sorted(os.listdir(staging), key=lambda f: f == name)
+            for file in written:
+                _shared_permissions(os.path.join(staging, file))
+                os.replace(os.path.join(staging, file), os.path.join(folder, file))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_writable_folder(folder: str, flag: str) -> None:
+    """Make the output folder `flag` names, and write a file into it: a read-only, full or wrong-kind path is one
+    line now, not a traceback after the first case was predicted."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"{flag} {folder} is a file; give a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as error:
+        raise InputError(f"{flag} {folder}: cannot write there ({error.strerror}); choose a writable folder with "
+                         f"free space") from None
 
 
 def shared_folder_permissions(path: str) -> None:

@@ -20,7 +20,7 @@ from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 
 from rnca_nnunet.data import ModelFolder, image_files, read_image, read_probabilities
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.files import atomic_folder_path, atomic_path
+from rnca_nnunet.files import atomic_folder_path, atomic_path, check_writable_folder
 from rnca_nnunet.pictures import representative_slice, write_evolution, write_overlay
 from rnca_nnunet.registry import Refiner
 
@@ -112,11 +112,12 @@ def refine_folder(refiner: Refiner, model: ModelFolder, probabilities_folder: st
     for flag, folder in (("-i", probabilities_folder), ("-images", images_folder)):
         if not os.path.isdir(folder):
             raise InputError(f"{flag} {folder} is not a folder")
-    if os.path.isfile(out_folder):
-        raise InputError(f"-o {out_folder} is a file; give a folder for the refined segmentations")
     if os.path.isdir(out_folder) and os.path.samefile(out_folder, probabilities_folder):
         raise InputError(f"-o {out_folder} is the input folder -i: refining in place would overwrite nnU-Net's own "
                          f"outputs; give another -o")
+    for flag, folder in (("-o", out_folder), ("--png", pictures.png), ("--gif", pictures.gif)):
+        if folder is not None:
+            check_writable_folder(folder, flag)
     npz_files = sorted(f for f in glob.glob(join(probabilities_folder, "*.npz")) if not f.endswith("_uncertainty.npz"))
     if not npz_files:
         raise InputError(f"no <case>.npz probability files in -i {probabilities_folder}; predict with "
