@@ -360,3 +360,30 @@ def demo_entry_point(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--rnca_iterations", type=int, default=1000, help="rNCA training iterations")
     args = parser.parse_args(argv)
     run_demo(args.out, rnca_iterations=args.rnca_iterations)
+
+
+@_friendly_errors
+def export_entry_point() -> None:
+    from rnca_nnunet.model_sharing import export_model_with_refiner
+
+    parser = argparse.ArgumentParser(description="nnUNetv2_export_model_to_zip, with each configuration's rnca/ "
+                                                 "refiner added: nnUNetv2_install_pretrained_model_from_zip then "
+                                                 "installs the model and its refiner.")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-o", required=True, help="output .zip file")
+    parser.add_argument("-c", nargs="+", default=("3d_lowres", "3d_fullres", "2d", "3d_cascade_fullres"),
+                        help="configurations (as nnU-Net's; with --not_strict the missing ones are skipped)")
+    parser.add_argument("-tr", default="nnUNetTrainer")
+    parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("-f", nargs="+", default=("0", "1", "2", "3", "4"), help="folds")
+    parser.add_argument("-chk", nargs="+", default=("checkpoint_final.pth",), help="checkpoints to export")
+    parser.add_argument("--not_strict", action="store_true", help="allow missing folds and configurations")
+    parser.add_argument("--exp_cv_preds", action="store_true", help="export the cross-validation predictions too")
+    args = parser.parse_args()
+    if os.path.isdir(args.o):
+        raise InputError(f"-o {args.o} is a folder; give the .zip file's name")
+    with nnunet_failures(f"dataset {args.d} (-c {' '.join(args.c)}, -tr {args.tr}, -p {args.p}, -f {' '.join(args.f)})"):
+        added = export_model_with_refiner(args.d, args.o, args.c, args.tr, args.p, args.f, args.chk,
+                                          not args.not_strict, args.exp_cv_preds)
+    print(f"{args.o}: nnU-Net's model" + (f" and its refiner(s) {added}" if added else
+                                          ", no rnca/ refiner found (trained with nnUNetv2_train_rnca?)"))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -25,9 +25,9 @@ class NnunetModel:
     dataset_id: int
     configuration: str
 
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-        """A console script of this project or of nnU-Net, in this model's environment."""
-        result = subprocess.run(list(command), env=self.env, capture_output=True, text=True)
+    def run(self, *command: str, check: bool = True, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        """A console script of this project or of nnU-Net, in this model's environment (or `env`)."""
+        result = subprocess.run(list(command), env=env or self.env, capture_output=True, text=True)
         if check and result.returncode != 0:
             raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                                  f"{result.stderr[-3000:]}")
