@@ -25,8 +25,6 @@ def check_prediction_arguments(args: argparse.Namespace, model_folder: str,
 
     if not os.path.isdir(args.i):
         raise InputError(f"-i {args.i} is not a folder; give the folder with the images <case>_0000<ending>")
-    if os.path.exists(args.o) and not os.path.isdir(args.o):
-        raise InputError(f"-o {args.o} is a file; give a folder for the segmentations")
     if os.path.isdir(args.o) and os.path.samefile(args.o, args.i):
         raise InputError(f"-o {args.o} is the input folder -i: the next run would read the segmentations as "
                          f"images; give another -o")
