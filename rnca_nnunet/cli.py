@@ -15,6 +15,7 @@ from typing import Callable, Iterator, List, Optional
 import torch
 
 from rnca_nnunet.config import check_steps
+from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 
 
@@ -87,6 +88,7 @@ def train_entry_point() -> None:
                              "added) and let the rule reshape only its outlines")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
+    reuse_freed_memory()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))
     overrides = {k: v for k, v in (("val_fraction", args.val_fraction), ("iterations", args.iterations)) if v is not None}
     if args.keep_base_loops:
@@ -176,6 +178,7 @@ def predict_entry_point(argv: Optional[List[str]] = None) -> None:
     """nnUNetv2_predict with every one of its arguments, plus --refiner NAME, --refiner_steps N, --png, --gif."""
     parser = predict_parser()
     args = parser.parse_args(argv)
+    reuse_freed_memory()
     unhandled = sorted(a.dest for a in parser._actions
                        if a.dest not in NNUNET_PREDICT_OPTIONS | {"help", *REFINER_OPTIONS}
                        and getattr(args, a.dest) != a.default)
@@ -291,6 +294,7 @@ def refine_folder_entry_point() -> None:
     parser.add_argument("--gif", default=None, metavar="DIR", help="the refiner's step-by-step evolution per case")
     parser.add_argument("--save_uncertainty", action="store_true", help=UNCERTAINTY_HELP)
     args = parser.parse_args()
+    reuse_freed_memory()
     if args.m is None and args.d is None:
         raise InputError("give the model folder with -m, or -d (and -c/-tr/-p) as for nnUNetv2_predict")
     model_folder = args.m or _model_folder(args.d, args.tr, args.p, args.c)
@@ -317,7 +321,7 @@ def synthetic_entry_point(argv: Optional[List[str]] = None) -> None:
 
 @_friendly_errors
 def evaluate_entry_point() -> None:
-    from rnca_nnunet.evaluate import evaluate_folders, format_table, save_summary
+    from rnca_nnunet.evaluate import case_stem, evaluate_folders, format_table, save_summary
 
     parser = argparse.ArgumentParser(description="Dice, clDice, Betti errors, ASSD, HD95 and broken cases of "
                                                  "predictions; with -pred_refined also the change and repair rate.")
@@ -328,7 +332,11 @@ def evaluate_entry_point() -> None:
     parser.add_argument("-np", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--png", default=None, metavar="DIR", help="write an overlay per case (label, base, "
                         "refined; fixed cells green, broken red) into DIR")
-    parser.add_argument("-images", default=None, help="raw images <case>_0000<ending> as --png background")
+    parser.add_argument("--html", default=None, metavar="DIR", help="write DIR/index.html: the summary and one "
+                        "sortable row per case and class (harm included), each with its --png overlay (into "
+                        "DIR/cases unless --png is given) and, where -pred_refined holds <case>_uncertainty.npz, "
+                        "its uncertainty picture; self-contained, opens offline")
+    parser.add_argument("-images", default=None, help="raw images <case>_0000<ending> as --png/--html background")
     parser.add_argument("-djfile", default=None, help="dataset.json with the labels (default: the one nnU-Net "
                         "writes beside its predictions, else the raw dataset's above -ref)")
     args = parser.parse_args()
@@ -344,12 +352,19 @@ def evaluate_entry_point() -> None:
         if os.path.isdir(args.o):
             raise InputError(f"-o {args.o} is a folder; give the JSON summary's file name, e.g. {args.o}/summary.json")
         check_writable_folder(os.path.dirname(os.path.abspath(args.o)), "-o")
-    if args.png is not None:
-        check_writable_folder(args.png, "--png")
-    summary = evaluate_folders(args.ref, folders, args.np, args.png, args.images, args.djfile)
+    pictures = args.png if args.png is not None or args.html is None else os.path.join(args.html, "cases")
+    for folder, flag in ((args.html, "--html"), (pictures, "--png")):
+        if folder is not None:
+            check_writable_folder(folder, flag)
+    summary = evaluate_folders(args.ref, folders, args.np, pictures, args.images, args.djfile)
     print(format_table(summary))
     if args.o:
         save_summary(summary, args.o)
+    if args.html:
+        from rnca_nnunet.report import write_report
+
+        stems = [case_stem(case["case"]) for case in summary["per_case"]]
+        print(f"report: {write_report(summary, args.html, pictures, stems)}")
 
 
 def demo_entry_point(argv: Optional[List[str]] = None) -> None:

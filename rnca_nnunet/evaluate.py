@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from multiprocessing import get_context
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
@@ -15,13 +16,16 @@ from rnca_nnunet.data import read_image
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.metrics import case_metrics, harm_and_repair, harm_line, mean_metrics
-from rnca_nnunet.pictures import write_overlay
+from rnca_nnunet.pictures import write_overlay, write_uncertainty_picture
 
 COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "beta0_signed", "beta1_signed", "assd", "hd95", "broken")
 
 
+LABEL_ENDINGS = (".nii.gz", ".nrrd", ".mha", ".nii", ".png", ".tif", ".tiff", ".bmp")
+
+
 def _file_ending(folder: str) -> str:
-    for ending in (".nii.gz", ".nrrd", ".mha", ".nii", ".png", ".tif", ".tiff", ".bmp"):
+    for ending in LABEL_ENDINGS:
         if subfiles(folder, suffix=ending):
             return ending
     raise InputError(f"no label files in {folder}; expected .nii.gz, .png, .tif, ... files")
@@ -62,32 +66,73 @@ def label_definition(dataset_json_file: Optional[str], folders: Sequence[str], r
     return LabelDefinition({f"label_{v}": [v] for v in values}, None, None)
 
 
-def _evaluate_case(args) -> Dict:
-    reference_file, prediction_files, labels, reader_class, png_folder, image_file = args
-    reader = reader_class()
-    reference, properties = read_image(reader, [reference_file], segmentation=True)
-    entry = {"case": os.path.basename(reference_file)}
+class CaseJob(NamedTuple):
+    reference_file: str
+    prediction_files: Dict[str, str]  # folder key ("base", "refined") -> file
+    labels: LabelDefinition
+    reader_class: type
+    png_folder: Optional[str]
+    image_file: Optional[str]
+    uncertainty_file: Optional[str]  # the refined prediction's <case>_uncertainty.npz, when it wrote one
+
+
+def _evaluate_case(job: CaseJob) -> Dict:
+    reader = job.reader_class()
+    reference, properties = read_image(reader, [job.reference_file], segmentation=True)
+    entry = {"case": os.path.basename(job.reference_file)}
     segmentations = {}
-    for key, path in prediction_files.items():
+    for key, path in job.prediction_files.items():
         prediction, _ = read_image(reader, [path], segmentation=True)
         if prediction.shape != reference.shape:
-            raise InputError(f"{path}: shape {prediction.shape[1:]} differs from the reference {reference_file} "
+            raise InputError(f"{path}: shape {prediction.shape[1:]} differs from the reference {job.reference_file} "
                              f"{reference.shape[1:]}; predictions must be in the reference's image space")
-        if labels.allowed is not None:
-            unknown = sorted(set(np.unique(prediction).astype(int).tolist()) - set(labels.allowed))
+        if job.labels.allowed is not None:
+            unknown = sorted(set(np.unique(prediction).astype(int).tolist()) - set(job.labels.allowed))
             if unknown:
-                raise InputError(f"{path}: label values {unknown} are not in dataset.json (labels {list(labels.allowed)});"
-                                 f" was it predicted by another model?")
-        if labels.ignore_label is not None:  # as nnU-Net's compute_metrics: the ignore region is scored nowhere
-            prediction = np.where(reference == labels.ignore_label, 0, prediction)
-        entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], labels.classes)
+                raise InputError(f"{path}: label values {unknown} are not in dataset.json (labels "
+                                 f"{list(job.labels.allowed)}); was it predicted by another model?")
+        if job.labels.ignore_label is not None:  # as nnU-Net's compute_metrics: the ignore region is scored nowhere
+            prediction = np.where(reference == job.labels.ignore_label, 0, prediction)
+        entry[key] = case_metrics(prediction[0], reference[0], properties["spacing"], job.labels.classes)
         segmentations[key] = prediction[0]
-    if png_folder:
-        image = reader.read_images([image_file])[0][0] if image_file else None
+    if "base" in segmentations and "refined" in segmentations:
+        entry["changed_cells"] = {name: int(np.count_nonzero(np.isin(segmentations["base"], labels)
+                                                             != np.isin(segmentations["refined"], labels)))
+                                  for name, labels in job.labels.classes.items()}
+    uncertainty = _read_uncertainty(job.uncertainty_file, reference.shape[1:]) if job.uncertainty_file else None
+    if uncertainty is not None:
+        entry["uncertainty"] = {"cells": uncertainty["cells"], "topology": uncertainty["topology"]}
+    if job.png_folder:
+        image = reader.read_images([job.image_file])[0][0] if job.image_file else None
         base = segmentations.get("base", next(iter(segmentations.values())))
         refined = next((v for k, v in segmentations.items() if k != "base"), None)
-        write_overlay(join(png_folder, entry["case"].split(".")[0] + ".png"), image, base, refined, reference[0])
+        stem = case_stem(job.reference_file)
+        write_overlay(join(job.png_folder, stem + ".png"), image, base, refined, reference[0])
+        if uncertainty is not None:
+            write_uncertainty_picture(join(job.png_folder, stem + "_uncertainty.png"), image, uncertainty["map"],
+                                      segmentations.get("refined"))
     return entry
+
+
+def case_stem(path: str) -> str:
+    """A case's name without folder and file ending (`case_001.nii.gz` -> `case_001`): how pictures are named."""
+    name = os.path.basename(path)
+    return next((name[: -len(e)] for e in LABEL_ENDINGS if name.endswith(e)), name.split(".")[0])
+
+
+def _read_uncertainty(path: str, shape: Sequence[int]) -> Dict:
+    """`<case>_uncertainty.npz` as predict.write_uncertainty writes it (arrays only, never unpickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            values = {"map": np.asarray(data["uncertainty"], np.float32), "cells": float(data["cells"]),
+                      "topology": float(data["topology"])}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise InputError(f"{path}: not an uncertainty file of nnUNetv2_predict_rnca --save_uncertainty "
+                         f"({type(error).__name__}: {error}); predict it again or remove it") from None
+    if tuple(values["map"].shape) != tuple(shape) or not np.isfinite(values["map"]).all():
+        raise InputError(f"{path}: its map {values['map'].shape} does not fit the reference {tuple(shape)} or is "
+                         f"not finite; predict it again or remove it")
+    return values
 
 
 def _image_file(images_folder: Optional[str], reference_file: str, ending: str) -> Optional[str]:
@@ -123,7 +168,8 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
                               [f for _, files in pairs for f in files.values()], reader_class(), log)
     if not labels.classes:
         raise InputError("no foreground label in the references or predictions and no dataset.json; pass -djfile")
-    jobs = [(r, f, labels, reader_class, png_folder, _image_file(images_folder, r, ending)) for r, f in pairs]
+    jobs = [CaseJob(r, f, labels, reader_class, png_folder, _image_file(images_folder, r, ending),
+                    _uncertainty_file(predictions.get("refined"), r, ending)) for r, f in pairs]
     if num_processes > 1:
         with get_context("spawn").Pool(num_processes) as pool:
             per_case = pool.map(_evaluate_case, jobs)
@@ -133,6 +179,13 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
     if "base" in predictions:
         summary["repair"] = {k: repair_rates(per_case, k) for k in predictions if k != "base"}
     return summary
+
+
+def _uncertainty_file(refined_folder: Optional[str], reference_file: str, ending: str) -> Optional[str]:
+    if refined_folder is None:
+        return None
+    path = join(refined_folder, os.path.basename(reference_file)[: -len(ending)] + "_uncertainty.npz")
+    return path if isfile(path) else None
 
 
 def repair_rates(per_case: Sequence[Dict], method: str) -> Dict[str, Dict[str, float]]:

@@ -91,6 +91,28 @@ def write_overlay(path: str, image: Optional[np.ndarray], base: np.ndarray, refi
     return path
 
 
+def write_uncertainty_picture(path: str, image: Optional[np.ndarray], uncertainty: np.ndarray,
+                              segmentation: Optional[np.ndarray] = None) -> str:
+    """One PNG of `<case>_uncertainty.npz`'s map (Z, Y, X) on the slice where it is highest: the image dimmed,
+    the written `segmentation` faintly in its class colours, and the cells that stochastic rollouts disagree
+    on in a heat colour (dark red a few runs, bright yellow all)."""
+    from matplotlib import colormaps  # the colour map only: no pyplot, no backend switch
+
+    uncertainty = np.asarray(uncertainty, np.float32)
+    z = int(np.argmax(uncertainty.sum((1, 2))))
+    background = grey(image[z]) * 0.4 if image is not None else np.zeros((*uncertainty.shape[1:], 3), np.float32)
+    if segmentation is not None:
+        background = paint(background, segmentation[z], alpha=0.35)
+    share = np.clip(uncertainty[z], 0, 1)
+    heat = colormaps["inferno"](0.3 + 0.7 * share)[..., :3].astype(np.float32) * 255
+    shown = np.where((share > 0)[..., None], heat, background)
+    where = f" (slice {z})" if uncertainty.shape[0] > 1 else ""
+    panel = _panel(shown, f"unstable cells, max {share.max():.2f}" + where)
+    with atomic_path(path, ".png") as tmp:
+        panel.save(tmp, format="PNG")
+    return path
+
+
 def write_evolution(path: str, image: Optional[np.ndarray], frames: Sequence[np.ndarray],
                     final: Optional[np.ndarray] = None, milliseconds_per_step: int = 120) -> str:
     """An animated GIF over the image slice (Y, X): one (Y, X) label map per step, then the written `final`."""
@@ -106,12 +128,10 @@ def write_evolution(path: str, image: Optional[np.ndarray], frames: Sequence[np.
 
 def plot_progress(path: str, validations: Sequence, losses: Sequence[float]) -> str:
     """Training loss and held-out beta0 error / Dice per validation (`ValidationResult`s)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switched for the process
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     axes[0].plot(losses, alpha=0.3, label="loss")
     if len(losses) >= 20:
         axes[0].plot(np.convolve(losses, np.ones(20) / 20, mode="valid"), label="loss (mean of 20)")
@@ -129,5 +149,4 @@ def plot_progress(path: str, validations: Sequence, losses: Sequence[float]) -> 
         axes[1].legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

@@ -15,6 +15,15 @@ from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
 from rnca_nnunet.synthetic import write_dataset
 
 TEST_TRAINER = "nnUNetTrainer_rncaTest"
+MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "vessel_evaluation"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark `slow` every test that trains nnU-Net or a refiner (a model fixture, or a module marked slow), so
+    that `pytest -m "not slow"` runs the unit tests alone while developing."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass
@@ -85,6 +94,24 @@ def trained_vessel_refiner(vessel_model) -> NnunetModel:
     vessel_model.run("nnUNetv2_train_rnca", str(vessel_model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER,
                      "-device", "cpu", "--iterations", "6", "--disable_progress_bar")
     return vessel_model
+
+
+@pytest.fixture(scope="session")
+def vessel_evaluation(trained_vessel_refiner, tmp_path_factory):
+    """The held-out cases predicted by nnU-Net (fold 0) and with the refiner (--save_uncertainty), evaluated
+    with an HTML report: (folder, summary.json, the evaluation's stdout)."""
+    import json
+
+    model = trained_vessel_refiner
+    folder = tmp_path_factory.mktemp("evaluation")
+    images = os.path.join(model.raw_dataset, "imagesTs")
+    model.run("nnUNetv2_predict", *model.predict_args(images, str(folder / "base"), ["0"]))
+    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(folder / "refined"), ["0"]),
+              "--refiner", "rnca", "--save_uncertainty")
+    result = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
+                       "-pred", str(folder / "base"), "-pred_refined", str(folder / "refined"),
+                       "-o", str(folder / "summary.json"), "--html", str(folder / "html"), "-images", images)
+    return folder, json.load(open(folder / "summary.json")), result.stdout
 
 
 def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, checkpoint: int, held_out: int):

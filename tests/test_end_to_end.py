@@ -138,25 +138,20 @@ def test_cardiac_3d_multiclass_path(cardiac3d_model, tmp_path):
         assert written.shape == image.shape and set(np.unique(written)) <= {0, 1, 2, 3}
 
 
-def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refiner, tmp_path):
+def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refiner, vessel_evaluation):
     model = trained_vessel_refiner
-    images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "base"), ["0"]))
-    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "refined"), ["0"]),
-              "--refiner", "rnca")
-    result = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
-                       "-pred", str(tmp_path / "base"), "-pred_refined", str(tmp_path / "refined"),
-                       "-o", str(tmp_path / "summary.json"), "--png", str(tmp_path / "png"), "-images", images)
-    summary = json.load(open(tmp_path / "summary.json"))
+    folder, summary, stdout = vessel_evaluation
     assert len(summary["per_case"]) == 3 and set(summary["mean"]) == {"base", "refined"}
     label, _ = SimpleITKIO().read_seg(os.path.join(model.raw_dataset, "labelsTs", "vessels2d_ts_001.nii.gz"))
-    refined, _ = SimpleITKIO().read_seg(str(tmp_path / "refined" / "vessels2d_ts_001.nii.gz"))
+    refined, _ = SimpleITKIO().read_seg(str(folder / "refined" / "vessels2d_ts_001.nii.gz"))
     dice = 2 * ((label > 0) & (refined > 0)).sum() / ((label > 0).sum() + (refined > 0).sum())
     assert summary["per_case"][1]["refined"]["vessel"]["dice"] == pytest.approx(dice)
-    assert "| change | vessel |" in result.stdout
-    assert sorted(os.listdir(tmp_path / "png")) == [f"vessels2d_ts_00{i}.png" for i in range(3)]
+    assert "| change | vessel |" in stdout
+    assert [f"vessels2d_ts_00{i}.png" for i in range(3)] == sorted(
+        name for name in os.listdir(folder / "html" / "cases") if not name.endswith("_uncertainty.png"))
+    images = os.path.join(model.raw_dataset, "imagesTs")
     missing = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
-                        "-pred", str(tmp_path / "base"), "--png", str(tmp_path / "png2"), "-images",
-                        str(tmp_path / "base"), check=False)
+                        "-pred", str(folder / "base"), "--png", str(folder / "png2"), "-images",
+                        str(folder / "base"), check=False)
     assert missing.returncode == 2 and "_0000.nii.gz not found" in missing.stderr
     assert "Traceback" not in missing.stderr
