@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.refiner import PRECISIONS
 from rnca_nnunet.synthetic import corrupted_cases
@@ -169,7 +170,9 @@ def pipeline_row(kind: str, setting: str, precision: str, plain: Dict[str, float
 
 MEMORY_PROBE = """
 import sys, numpy as np, torch
+from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.refiner import RNCARefiner
+reuse_freed_memory()  # as the console scripts do
 torch.set_num_threads(int(sys.argv[3]))
 refiner = RNCARefiner.from_folder(sys.argv[1], torch.device("cpu"))
 factor = int(sys.argv[2])
@@ -310,6 +313,7 @@ def main() -> None:
                         help="refiner precisions of part pipeline (autocast dtype; default: the refiner's own)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
+    reuse_freed_memory()  # the malloc tuning the console scripts apply (cpu_memory.py)
     started, sections = time.time(), []
     os.makedirs(args.out, exist_ok=True)
     print(f"machine: {machine()}")

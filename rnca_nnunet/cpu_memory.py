@@ -4,9 +4,10 @@ Every step of the rule allocates and frees tensors of a few MB. With glibc's def
 mmaps, or heap that is trimmed back to the system as soon as it is freed, so the next step faults every page
 in again: on 2 CPU cores a third of the rollout's time went to the kernel. Keeping blocks under 32 MB in the
 heap, and up to 512 MB of freed heap for reuse, made refinement 2.5-3x faster on small cases
-(benchmarks/SPEED.md) without raising its peak. The setting is process-wide; the environment variables
-MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ do the same for a whole run, and jemalloc/tcmalloc
-(LD_PRELOAD) are the usual alternatives.
+(benchmarks/SPEED.md) without raising its peak. The setting is process-wide, so only this project's own
+console scripts apply it (cli.py); a program that imports the package keeps its malloc as it is and opts in by
+calling `reuse_freed_memory()` itself. The environment variables MALLOC_MMAP_THRESHOLD_ and
+MALLOC_TRIM_THRESHOLD_ do the same for a whole run, and jemalloc/tcmalloc (LD_PRELOAD) are the usual alternatives.
 """
 from __future__ import annotations
 

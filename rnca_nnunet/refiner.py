@@ -22,7 +22,6 @@ from safetensors.torch import save_file
 
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import check_steps
-from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import folder_identity, replace_folder, shared_folder_permissions
 from rnca_nnunet.metrics import betti_numbers
@@ -109,8 +108,6 @@ class RNCARefiner:
                  trained_on: Dict, device: Optional[torch.device] = None, clean_up: Optional[CleanUp] = None,
                  transpose_forward: Sequence[int] = (0, 1, 2)):
         self.device = check_device(device)
-        if self.device.type == "cpu":
-            reuse_freed_memory()
         self.model = model.to(self.device).eval()
         self.semantics = semantics
         self.normalisation = normalisation

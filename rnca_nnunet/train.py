@@ -8,6 +8,7 @@ so is the guard that keeps the base's topology where the rule's changes do not p
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -48,6 +49,26 @@ class TrainingDiverged(InputError):
     """The loss or the weights became non-finite: nothing is saved, the previous refiner stays."""
 
 
+def restores_global_random_state(train: Callable) -> Callable:
+    """Seed Python's, NumPy's and torch's global generators for `train` and put them back afterwards.
+
+    batchgenerators' augmentations draw from NumPy's and Python's global generators, so a training is
+    reproducible only if they are seeded (unseeded, no two trainings were alike); a program that trains a
+    refiner must not find its own generators reseeded after it."""
+    @functools.wraps(train)
+    def wrapper(*args, **kwargs):
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+                return train(*args, **kwargs)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    return wrapper
+
+
+@restores_global_random_state
 def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
                   normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict,
                   device: torch.device, log: Callable[[str], None] = print,
@@ -56,9 +77,9 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     """Train a rule; returns the refiner with the best held-out checkpoint and read-out, and the record.
     Cases may be in memory or on disk (case_store.py); `work_folder` keeps the read-out search's label maps
     on disk. Raises TrainingDiverged as soon as the loss or a weight is not finite."""
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)  # batchgenerators' augmentations draw from NumPy's global generator
-    random.seed(config.seed)  # and its noise and blur from Python's: unseeded, no two trainings were alike
+    torch.manual_seed(config.seed)  # the global generators, restored on return (restores_global_random_state)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
     rng = np.random.default_rng(config.seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
