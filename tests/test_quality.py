@@ -10,6 +10,8 @@ import pytest
 from conftest import (share_of_labels_changed_by_bfloat16, train_on_corrupted,
                       validate_shipped_rule_alone_and_clean_up_alone)
 
+pytestmark = pytest.mark.slow  # trains a refiner for minutes
+
 ITERATIONS = 600  # about 1.5 minutes on 2 CPU cores; held-out beta0 error fell 80% when calibrated
 
 

@@ -10,6 +10,8 @@ import pytest
 from conftest import (share_of_labels_changed_by_bfloat16, train_on_corrupted,
                       validate_shipped_rule_alone_and_clean_up_alone)
 
+pytestmark = pytest.mark.slow  # trains a refiner for minutes
+
 ITERATIONS = 300  # about 2 minutes on 2 CPU cores
 
 

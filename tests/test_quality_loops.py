@@ -5,7 +5,11 @@ A brick wall has dozens of loops, like TopoMortar; the base masks are synthetic 
 halve the loop (beta1) errors, beat its own read-out clean-up alone (which can only fill small holes and drop
 small pieces) and cost at most half a Dice point; the identity and the clean-up alone fail it.
 """
+import pytest
+
 from conftest import train_on_corrupted, validate_shipped_rule_alone_and_clean_up_alone
+
+pytestmark = pytest.mark.slow  # trains a refiner for minutes
 
 ITERATIONS = 400  # about 1 minute on 2 CPU cores; held-out beta1 error 9.8 -> 1.1 at 600, 1.5 at 400, 2.2 at 300
 
