@@ -156,11 +156,11 @@ def main() -> None:
 
 
 def write_markdown(path: Optional[str], title: str, header: str, tables: List[str]) -> None:
-    """Tables under a title and a line saying how they were made; metric definitions are in the README."""
+    """Tables under a title and a line saying how they were made; metric definitions are in docs/metrics-and-data.md."""
     if path:
         with atomic_path(path) as tmp:
             with open(tmp, "w") as handle:
-                handle.write(f"# {title}\n\n{header} Metrics and conventions: see README.md.\n\n"
+                handle.write(f"# {title}\n\n{header} Metrics and conventions: see docs/metrics-and-data.md.\n\n"
                              + "\n\n".join(tables) + "\n")
 
 
