@@ -17,10 +17,10 @@ import shutil
 import time
 from typing import List, Optional
 
-from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
+from rnca_nnunet.experiments.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.data import read_model_folder
-from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
+from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.evaluate import COLUMNS, evaluate_folders
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner import RNCARefiner

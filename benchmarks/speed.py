@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from rnca_nnunet.cpu_memory import reuse_freed_memory
-from rnca_nnunet.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
+from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.refiner import PRECISIONS
-from rnca_nnunet.synthetic import corrupted_cases
+from rnca_nnunet.experiments.synthetic import corrupted_cases
 
 DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 30)}  # id, configuration, rNCA iterations
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -208,7 +208,7 @@ from dataclasses import replace
 from rnca_nnunet.case_store import store_case
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.state import LabelSemantics, Normalisation
-from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
 from rnca_nnunet.train import train_refiner
 torch.set_num_threads(int(sys.argv[3]))
 on_disk, count, folder = sys.argv[1] == "disk", int(sys.argv[2]), tempfile.mkdtemp()

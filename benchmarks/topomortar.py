@@ -27,15 +27,15 @@ import torch
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
 from quality import compare_methods, results_table, write_markdown
-from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
+from rnca_nnunet.experiments.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.config import load_preset
-from rnca_nnunet.demo import nnunet_environment, train_base_model
+from rnca_nnunet.experiments.demo import nnunet_environment, train_base_model
 from rnca_nnunet.evaluate import evaluate_folders
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.state import LabelSemantics, Normalisation, probabilities_from_mask
-from rnca_nnunet.topomortar import IMPERFECT, convert, imperfect_label_cases
+from rnca_nnunet.experiments.topomortar import IMPERFECT, convert, imperfect_label_cases
 from rnca_nnunet.train import train_refiner
 from rnca_nnunet.validation import split_cases
 

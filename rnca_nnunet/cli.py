@@ -305,20 +305,6 @@ def refine_folder_entry_point() -> None:
                   pictures=PictureFolders(args.png, args.gif), save_uncertainty=args.save_uncertainty)
 
 
-def synthetic_entry_point(argv: Optional[List[str]] = None) -> None:
-    from rnca_nnunet.synthetic import GENERATORS, write_dataset
-
-    parser = argparse.ArgumentParser(description="Write a generated nnU-Net raw dataset.")
-    parser.add_argument("kind", choices=sorted(GENERATORS))
-    parser.add_argument("--out", required=True, help="nnUNet_raw folder to write DatasetXXX_Name into")
-    parser.add_argument("--id", type=int, default=990, help="dataset id (default 990)")
-    parser.add_argument("--cases", type=int, default=40, help="training cases (imagesTr/labelsTr)")
-    parser.add_argument("--test_cases", type=int, default=0, help="held-out cases (imagesTs/labelsTs)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(write_dataset(args.kind, args.out, args.id, args.cases, args.test_cases, args.seed))
-
-
 @_friendly_errors
 def evaluate_entry_point() -> None:
     from rnca_nnunet.evaluate import case_stem, evaluate_folders, format_table, save_summary
@@ -365,16 +351,6 @@ def evaluate_entry_point() -> None:
 
         stems = [case_stem(case["case"]) for case in summary["per_case"]]
         print(f"report: {write_report(summary, args.html, pictures, stems)}")
-
-
-def demo_entry_point(argv: Optional[List[str]] = None) -> None:
-    from rnca_nnunet.demo import run_demo
-
-    parser = argparse.ArgumentParser(description="Run the CPU demo end to end and print a before/after table.")
-    parser.add_argument("--out", default="demo_output", help="work folder (default demo_output)")
-    parser.add_argument("--rnca_iterations", type=int, default=1000, help="rNCA training iterations")
-    args = parser.parse_args(argv)
-    run_demo(args.out, rnca_iterations=args.rnca_iterations)
 
 
 @_friendly_errors

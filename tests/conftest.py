@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
-from rnca_nnunet.synthetic import write_dataset
+from rnca_nnunet.experiments.synthetic import write_dataset
 
 TEST_TRAINER = "nnUNetTrainer_rncaTest"
 MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "vessel_evaluation"}
@@ -121,7 +121,7 @@ def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, chec
 
     from rnca_nnunet.config import load_preset
     from rnca_nnunet.state import LabelSemantics, Normalisation
-    from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+    from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
     from rnca_nnunet.train import train_refiner
 
     torch.set_num_threads(2)

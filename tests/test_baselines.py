@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from skimage import io
 
-from rnca_nnunet.baselines import apply_to_folder, keep_largest_component, morphological_closing
+from rnca_nnunet.experiments.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.metrics import betti_numbers
 from rnca_nnunet.state import Normalisation
-from rnca_nnunet.topomortar import convert, imperfect_label_cases
+from rnca_nnunet.experiments.topomortar import convert, imperfect_label_cases
 
 
 def bar_with_gap_and_speck() -> np.ndarray:

@@ -9,7 +9,7 @@ from rnca_nnunet.model import RNCA, RuleShape
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import PatchSampler
 from rnca_nnunet.state import LabelSemantics, Normalisation
-from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
 from rnca_nnunet.validation import refine_cases, validate
 
 

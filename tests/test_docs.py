@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {"nnUNetv2_train_rnca": ["nnUNetv2_train_rnca"], "nnUNetv2_predict_rnca": ["nnUNetv2_predict_rnca"],
             "nnUNetv2_refine_rnca": ["nnUNetv2_refine_rnca"], "nnUNetv2_evaluate_rnca": ["nnUNetv2_evaluate_rnca"],
             "nnUNetv2_export_model_to_zip_rnca": ["nnUNetv2_export_model_to_zip_rnca"],
-            "python -m rnca_nnunet.demo": [sys.executable, "-m", "rnca_nnunet.demo"],
-            "python -m rnca_nnunet.synthetic": [sys.executable, "-m", "rnca_nnunet.synthetic"]}
+            "python -m rnca_nnunet.experiments.demo": [sys.executable, "-m", "rnca_nnunet.experiments.demo"],
+            "python -m rnca_nnunet.experiments.synthetic": [sys.executable, "-m", "rnca_nnunet.experiments.synthetic"]}
 FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
 

@@ -14,7 +14,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.predict import write_refined_case
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import LabelSemantics, Normalisation
-from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
 from rnca_nnunet.train import TrainingDiverged, train_refiner
 
 from test_refiner import random_case, random_refiner

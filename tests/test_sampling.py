@@ -9,7 +9,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.sampling import PatchSampler, intensity_augmentation, topology_error_count
 from rnca_nnunet.state import LabelSemantics, Normalisation
-from rnca_nnunet.synthetic import GENERATORS, corrupted_cases
+from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
 from rnca_nnunet.train import train_refiner
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from rnca_nnunet.metrics import betti_numbers
-from rnca_nnunet.topology_errors import loop_and_piece_errors
+from rnca_nnunet.experiments.topology_errors import loop_and_piece_errors
 
 
 def brick_wall() -> np.ndarray:

@@ -6,7 +6,7 @@ imagesTs/labelsTs, from the accurate labels. The imperfect `noisy` and `pseudo` 
 labelsTr_<kind>/labelsTs_<kind> (nnU-Net ignores them): ready-made (imperfect mask, label) pairs.
 `--downsample 2` halves the resolution for CPU runs. The data is read from the user's copy, never shipped.
 
-    python -m rnca_nnunet.topomortar --source ../shared/data/TopoMortar --out $nnUNet_raw --id 950
+    python -m rnca_nnunet.experiments.topomortar --source ../shared/data/TopoMortar --out $nnUNet_raw --id 950
 """
 from __future__ import annotations
 

@@ -6,12 +6,13 @@ with --npz -> nnUNetv2_train_rnca -> nnUNetv2_predict_rnca on held-out cases wit
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
 
@@ -37,7 +38,7 @@ def nnunet_environment(out: str) -> Dict[str, str]:
 
 def generate_dataset(kind: str, dataset_id: int, cases: int, test_cases: int, env: Dict[str, str], log_file) -> str:
     """Write a generated dataset into nnUNet_raw; returns its name."""
-    run_step([sys.executable, "-m", "rnca_nnunet.synthetic", kind, "--out", env["nnUNet_raw"], "--id",
+    run_step([sys.executable, "-m", "rnca_nnunet.experiments.synthetic", kind, "--out", env["nnUNet_raw"], "--id",
               str(dataset_id), "--cases", str(cases), "--test_cases", str(test_cases)], env, log_file)
     return f"Dataset{dataset_id:03d}_Synthetic{kind[0].upper()}{kind[1:]}"
 
@@ -85,7 +86,13 @@ def run_demo(out: str, dataset_id: int = 991, cases: int = 30, test_cases: int =
     return table
 
 
-if __name__ == "__main__":
-    from rnca_nnunet.cli import demo_entry_point
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the CPU demo end to end and print a before/after table.")
+    parser.add_argument("--out", default="demo_output", help="work folder (default demo_output)")
+    parser.add_argument("--rnca_iterations", type=int, default=1000, help="rNCA training iterations")
+    args = parser.parse_args(argv)
+    run_demo(args.out, rnca_iterations=args.rnca_iterations)
 
-    demo_entry_point()
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,9 @@ joints and cracked bricks (it merges and splits loops). Everything is seeded, so
 """
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cc3d
 import numpy as np
@@ -210,7 +211,17 @@ def write_dataset(kind: str, raw_folder: str, dataset_id: int, cases: int, test_
     return folder
 
 
-if __name__ == "__main__":
-    from rnca_nnunet.cli import synthetic_entry_point
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a generated nnU-Net raw dataset.")
+    parser.add_argument("kind", choices=sorted(GENERATORS))
+    parser.add_argument("--out", required=True, help="nnUNet_raw folder to write DatasetXXX_Name into")
+    parser.add_argument("--id", type=int, default=990, help="dataset id (default 990)")
+    parser.add_argument("--cases", type=int, default=40, help="training cases (imagesTr/labelsTr)")
+    parser.add_argument("--test_cases", type=int, default=0, help="held-out cases (imagesTs/labelsTs)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(write_dataset(args.kind, args.out, args.id, args.cases, args.test_cases, args.seed))
 
-    synthetic_entry_point()
+
+if __name__ == "__main__":
+    main()
