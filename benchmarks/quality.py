@@ -17,6 +17,7 @@ import shutil
 import time
 from typing import List, Optional
 
+from provenance import provenance
 from rnca_nnunet.experiments.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.data import read_model_folder
@@ -160,8 +161,8 @@ def write_markdown(path: Optional[str], title: str, header: str, tables: List[st
     if path:
         with atomic_path(path) as tmp:
             with open(tmp, "w") as handle:
-                handle.write(f"# {title}\n\n{header} Metrics and conventions: see docs/metrics-and-data.md.\n\n"
-                             + "\n\n".join(tables) + "\n")
+                handle.write(f"# {title}\n\n{provenance()}\n\n{header} Metrics and conventions: see "
+                             f"docs/metrics-and-data.md.\n\n" + "\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":
