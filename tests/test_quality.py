@@ -5,10 +5,12 @@ so the check takes minutes on a CPU. An identity refiner fails it: the rule alon
 half of the beta0 (component) errors without costing more than one Dice point, and the read-out's
 clean-up (sizes chosen on the training's held-out cases) must not undo that.
 """
+import numpy as np
 import pytest
 
 from conftest import (share_of_labels_changed_by_bfloat16, train_on_corrupted,
                       validate_shipped_rule_alone_and_clean_up_alone)
+from rnca_nnunet.state import probabilities_from_mask
 
 pytestmark = pytest.mark.slow  # trains a refiner for minutes
 
@@ -34,3 +36,25 @@ def test_reduced_precision_labels_match_float32(trained):
     refiner, held_out = trained
     assert share_of_labels_changed_by_bfloat16(refiner, held_out[:4]) <= 0.001
 
+
+
+def test_uncertainty_ranks_broken_cases_above_clean_ones(trained):
+    """The uncertainty map's promise: where the structure is in doubt (a broken base the rule must decide how to
+    repair), stochastic rollouts disagree more than where it is not (the label itself as the base). An identity
+    rule disagrees nowhere and fails; so would a map that does not follow the case."""
+    refiner, held_out = trained
+    scores = []
+    for case in held_out:
+        pair = []
+        for mask in (case.target, case.mask):  # clean, then broken
+            probabilities = probabilities_from_mask(np.clip(np.asarray(mask, np.float32), 0.02, 0.98),
+                                                    refiner.semantics)
+            _, segmentation, _ = refiner.refine(case.image, probabilities)
+            instability = refiner.instability(case.image, probabilities, segmentation, refiner.steps)
+            pair.append((instability.cells, instability.topology))
+        scores.append(pair)
+    scores = np.asarray(scores)  # (case, clean/broken, cells/topology)
+    clean, broken = scores[:, 0], scores[:, 1]
+    assert (broken[:, 0] > clean[:, 0]).sum() >= 0.7 * len(held_out), scores
+    assert broken[:, 0].mean() >= 1.2 * clean[:, 0].mean() > 0, scores
+    assert broken[:, 1].mean() > clean[:, 1].mean(), scores
