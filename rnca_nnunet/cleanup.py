@@ -19,6 +19,9 @@ from scipy import ndimage
 from skimage.graph import MCP
 from skimage.segmentation import expand_labels
 
+from rnca_nnunet.topology import (background_regions, distinct_pairs, frame, label_map_holes, overlap_counts,
+                                  slices)
+
 
 def remove_small_components(segmentation: np.ndarray, labels: List[int], min_size: int) -> np.ndarray:
     """Drop every 26-connected component of the given labels smaller than `min_size` cells."""
@@ -28,18 +31,6 @@ def remove_small_components(segmentation: np.ndarray, labels: List[int], min_siz
     out = segmentation.copy()
     out[specks & np.isin(segmentation, labels)] = 0
     return out
-
-
-def _enclosed_holes(segmentation: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(Z, Y, X) label map -> its background components (6-connected) and, per component index, whether it
-    touches no image border (a hole); index 0 is never a hole."""
-    holes = cc3d.connected_components(segmentation == 0, connectivity=6)
-    border = np.zeros(holes.shape, bool)
-    for axis in (a for a in range(holes.ndim) if holes.shape[a] > 1):
-        border[(slice(None),) * axis + (0,)] = border[(slice(None),) * axis + (-1,)] = True
-    enclosed = ~np.isin(np.arange(int(holes.max()) + 1), holes[border])
-    enclosed[0] = False
-    return holes, enclosed
 
 
 def _padded_boxes(holes: np.ndarray, wanted: np.ndarray):
@@ -60,16 +51,14 @@ def _inscribed_radii(holes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return radii
 
 
-def _per_slice(segmentation: np.ndarray, per_slice: bool) -> List[np.ndarray]:
-    return [s[None] for s in segmentation] if per_slice and segmentation.shape[0] > 1 else [segmentation]
-
-
 def hole_measures(segmentation: np.ndarray, per_slice: bool) -> np.ndarray:
     """(2, holes): size in cells and inscribed radius in cells of each hole `fill_holes` would consider."""
     measures = []
-    for part in _per_slice(segmentation, per_slice):
-        holes, enclosed = _enclosed_holes(part)
-        measures.append(np.stack([np.bincount(holes.ravel())[enclosed], _inscribed_radii(holes, enclosed)[enclosed]]))
+    for part in slices(segmentation, per_slice):
+        holes, count = label_map_holes(part)
+        enclosed = np.arange(count + 1) > 0
+        measures.append(np.stack([np.bincount(holes.ravel(), minlength=count + 1)[enclosed],
+                                  _inscribed_radii(holes, enclosed)[enclosed]]))
     return np.concatenate(measures, axis=1)
 
 
@@ -82,8 +71,9 @@ def fill_holes(segmentation: np.ndarray, min_size: int, max_radius: float, per_s
         return segmentation
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([fill_holes(s[None], min_size, max_radius, False)[0] for s in segmentation])
-    holes, enclosed = _enclosed_holes(segmentation)
-    fill = enclosed & (np.bincount(holes.ravel()) < min_size)
+    holes, count = label_map_holes(segmentation)
+    enclosed = np.arange(count + 1) > 0
+    fill = enclosed & (np.bincount(holes.ravel(), minlength=count + 1) < min_size)
     if max_radius > 0:
         thin = enclosed & ~fill
         fill |= thin & (_inscribed_radii(holes, thin) <= max_radius)
@@ -94,37 +84,13 @@ def fill_holes(segmentation: np.ndarray, min_size: int, max_radius: float, per_s
     return out
 
 
-def _frame(shape: Tuple[int, ...]) -> List[Tuple[int, int]]:
-    """One cell of padding on every axis longer than one: the image's outside becomes one background region."""
-    return [(1, 1) if n > 1 else (0, 0) for n in shape]
-
-
-def _background(padded: np.ndarray) -> np.ndarray:
-    return cc3d.connected_components(padded == 0, connectivity=6)
-
-
-def _overlaps(ours: np.ndarray, theirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per background region of each of two maps, how many of the other's it overlaps."""
-    both = (ours > 0) & (theirs > 0)
-    pairs = _distinct_pairs(ours[both], theirs[both], int(theirs.max()) + 1)
-    return (np.bincount(pairs[0], minlength=int(ours.max()) + 1),
-            np.bincount(pairs[1], minlength=int(theirs.max()) + 1))
-
-
-def _distinct_pairs(first: np.ndarray, second: np.ndarray, bound: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The distinct (first, second) label pairs, `second` < `bound`; one flat key per pair sorts far faster
-    than unique rows."""
-    keys = np.unique(first.astype(np.int64) * bound + second)
-    return keys // bound, keys % bound
-
-
 def loop_mismatches(segmentation: np.ndarray, base: np.ndarray, per_slice: bool) -> int:
     """How many background regions (6-connected, the image's outside as one; per slice when `per_slice`) of a
     label map and of its base do not overlap exactly one of the other's: 0 when both have the same loops."""
     if per_slice and segmentation.shape[0] > 1:
         return sum(loop_mismatches(s[None], b[None], False) for s, b in zip(segmentation, base))
-    frame = _frame(segmentation.shape)
-    ours_meets, theirs_meets = _overlaps(*(_background(np.pad(m, frame)) for m in (segmentation, base)))
+    padding = frame(segmentation.shape)
+    ours_meets, theirs_meets = overlap_counts(*(background_regions(np.pad(m, padding)) for m in (segmentation, base)))
     return int((ours_meets[1:] != 1).sum() + (theirs_meets[1:] != 1).sum())
 
 
@@ -137,7 +103,7 @@ def _neighbouring_regions(pieces: np.ndarray, regions: np.ndarray) -> np.ndarray
             touching = (pieces[here] > 0) & (regions[there] > 0)
             firsts.append(pieces[here][touching].astype(np.int64))
             seconds.append(regions[there][touching].astype(np.int64))
-    pairs = _distinct_pairs(np.concatenate(firsts), np.concatenate(seconds), int(regions.max()) + 1)
+    pairs = distinct_pairs(np.concatenate(firsts), np.concatenate(seconds), int(regions.max()) + 1)
     return np.bincount(pairs[0], minlength=int(pieces.max()) + 1)
 
 
@@ -169,8 +135,8 @@ def _restore_crossed_walls(out: np.ndarray, base: np.ndarray, theirs: np.ndarray
     """Where our background joins two of the base's regions, bring back the pieces of base wall it crosses
     between them; pieces it only thinned or moved stay as the rule left them. (Two base regions never touch,
     so every way from one to the other inside our region crosses such a piece.)"""
-    ours = _background(out)
-    joining = (_overlaps(ours, theirs)[0] > 1)[ours]
+    ours = background_regions(out)
+    joining = (overlap_counts(ours, theirs)[0] > 1)[ours]
     removed = cc3d.connected_components(joining & (base > 0), connectivity=26)
     crossed = (_neighbouring_regions(removed, np.where(ours > 0, theirs, 0)) > 1) & guard.pieces(removed)
     crossed[0] = False
@@ -180,8 +146,8 @@ def _restore_crossed_walls(out: np.ndarray, base: np.ndarray, theirs: np.ndarray
 def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list, guard: _Guard) -> None:
     """A base region our foreground covers comes back whole (a brick filled); one it splits is joined again
     along the path through it that clears the fewest of our cells (a wall added across a brick gets one gap)."""
-    ours = _background(out)
-    theirs_meets = _overlaps(ours, theirs)[1]
+    ours = background_regions(out)
+    theirs_meets = overlap_counts(ours, theirs)[1]
     for region in np.flatnonzero(theirs_meets[1:] != 1) + 1:
         box = boxes[region - 1]
         cells, view = theirs[box] == region, out[box]
@@ -205,8 +171,8 @@ def _reopen_base_regions(out: np.ndarray, theirs: np.ndarray, boxes: list, guard
 
 def _fill_opened_holes(out: np.ndarray, base: np.ndarray, theirs: np.ndarray, guard: _Guard) -> None:
     """A background region inside the base's foreground (a hole the rule opened) gets the base's labels."""
-    ours = _background(out)
-    opened = (_overlaps(ours, theirs)[0] == 0) & guard.pieces(ours)
+    ours = background_regions(out)
+    opened = (overlap_counts(ours, theirs)[0] == 0) & guard.pieces(ours)
     opened[0] = False
     out[opened[ours]] = base[opened[ours]]
 
@@ -219,7 +185,7 @@ def _keep_base_components(out: np.ndarray, base: np.ndarray, guard: _Guard) -> N
     nearest base component; added cells next to another's are cleared), so thickening elsewhere stays."""
     ours = cc3d.connected_components(out > 0, connectivity=26)
     theirs = cc3d.connected_components(base > 0, connectivity=26)
-    ours_meets, theirs_meets = _overlaps(ours, theirs)
+    ours_meets, theirs_meets = overlap_counts(ours, theirs)
     for index, box in enumerate(ndimage.find_objects(theirs), start=1):
         if box is None or theirs_meets[index] == 1:
             continue
@@ -288,9 +254,9 @@ def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bo
         return np.stack([keep_base_topology(s[None], b[None], False, None if confidence is None else c[None],
                                             threshold)[0]
                          for s, b, c in zip(segmentation, base, confidence if confidence is not None else base)])
-    frame = _frame(segmentation.shape)
-    out, base = np.pad(segmentation, frame), np.pad(base, frame)
-    guard = _Guard(None if confidence is None else np.pad(confidence, frame, constant_values=1.0), threshold)
+    padding = frame(segmentation.shape)
+    out, base = np.pad(segmentation, padding), np.pad(base, padding)
+    guard = _Guard(None if confidence is None else np.pad(confidence, padding, constant_values=1.0), threshold)
     labels = [int(v) for v in np.union1d(np.unique(out), np.unique(base)) if v > 0]
     groups = [[label] for label in labels] + ([labels] if len(labels) > 1 else [])  # each label, and the union
     # group by group, repeated until none changes: every step only turns cells into the base's values, so this
@@ -303,13 +269,13 @@ def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bo
             changed = kept.astype(bool) != mask
             out[changed] = base[changed]
         if np.array_equal(out, before):
-            return out[tuple(slice(p, n + p) for (p, _), n in zip(frame, segmentation.shape))]
+            return out[tuple(slice(p, n + p) for (p, _), n in zip(padding, segmentation.shape))]
 
 
 def _keep_binary_topology(out: np.ndarray, base: np.ndarray, guard: _Guard) -> np.ndarray:
-    """`keep_base_topology` of one label: (Z, Y, X) 0/1 maps already framed (`_frame`); returns a new map."""
+    """`keep_base_topology` of one label: (Z, Y, X) 0/1 maps already framed (`topology.frame`); returns a new map."""
     out = out.copy()
-    theirs = _background(base)
+    theirs = background_regions(base)
     boxes = ndimage.find_objects(theirs)
     # repeated, since a brick given back can reach a moved wall's old place
     while True:

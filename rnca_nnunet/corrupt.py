@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from rnca_nnunet.metrics import enclosed_background
+from rnca_nnunet.topology import enclosed_background
 
 
 def _balls(shape, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from rnca_nnunet.metrics import enclosed_background
+from rnca_nnunet.topology import enclosed_background
 
 
 def _skeleton(channel: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ from scipy import ndimage
 from skimage.measure import euler_number
 from skimage.morphology import skeletonize
 
+from rnca_nnunet.topology import enclosed_background
+
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     total = int(pred.sum()) + int(ref.sum())
@@ -42,15 +44,6 @@ def cl_dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 def _count_components(mask: np.ndarray, connectivity: int) -> int:
     return int(cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=connectivity).max())
-
-
-def enclosed_background(mask: np.ndarray, connectivity: int) -> Tuple[np.ndarray, int]:
-    """Background components that do not touch the image border (holes in 2D, cavities in 3D), labelled
-    1..n (0 elsewhere), and n. The padded border is the first background cc3d meets, so it is label 1."""
-    padded = np.pad(~np.asarray(mask, bool), 1, constant_values=True)
-    labels = cc3d.connected_components(padded.astype(np.uint8), connectivity=connectivity)
-    inner = labels[(slice(1, -1),) * mask.ndim].astype(np.int64)
-    return np.maximum(inner - 1, 0), int(labels.max()) - 1
 
 
 def betti_numbers(mask: np.ndarray) -> Sequence[int]:

@@ -23,19 +23,14 @@ from rnca_nnunet.corrupt import corrupt_mask
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.loss_weights import topology_focus, topology_lines
 from rnca_nnunet.metrics import betti_numbers
-
-
-def _per_slice(ndim: int, function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
-    """Apply a function of (K, *spatial) arrays per slice when a 2D rule is trained on volumes."""
-    if ndim == 2 and arrays[0].ndim == 4:
-        return np.stack([function(*(a[:, z] for a in arrays)) for z in range(arrays[0].shape[1])], 1)
-    return function(*arrays)
+from rnca_nnunet.topology import apply_per_slice
 
 
 def sampling_maps(case: TrainingCase, ndim: int) -> Tuple[np.ndarray, np.ndarray]:
     """(topology focus (1, *spatial), `topology_lines` of the label (K, *spatial)) of a case, as float32 arrays."""
-    line = _per_slice(ndim, topology_lines, np.asarray(case.target))
-    focus = _per_slice(ndim, topology_focus, np.asarray(case.mask), np.asarray(case.target), line).any(0, keepdims=True)
+    line = apply_per_slice(ndim, topology_lines, np.asarray(case.target))
+    focus = apply_per_slice(ndim, topology_focus, np.asarray(case.mask), np.asarray(case.target), line)
+    focus = focus.any(0, keepdims=True)
     return focus.astype(np.float32), line.astype(np.float32)
 
 

@@ -17,15 +17,9 @@ from typing import Dict
 import cc3d
 import numpy as np
 
-from rnca_nnunet.metrics import enclosed_background
+from rnca_nnunet.topology import enclosed_background, overlapping_pairs
 
 PINHOLE = 16  # cells: holes smaller than this are counted apart (the read-out's clean-up can fill them)
-
-
-def _overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distinct (label in a, label in b) pairs where both are non-zero."""
-    both = (a > 0) & (b > 0)
-    return np.unique(np.stack([a[both], b[both]], 1), axis=0) if both.any() else np.zeros((0, 2), np.int64)
 
 
 def loop_and_piece_errors(prediction: np.ndarray, label: np.ndarray) -> Dict[str, float]:
@@ -35,9 +29,9 @@ def loop_and_piece_errors(prediction: np.ndarray, label: np.ndarray) -> Dict[str
         raise ValueError(f"loop_and_piece_errors is defined for 2D masks, got {prediction.ndim}D")
     label_holes, n_label = enclosed_background(label, 4)
     predicted_holes, n_predicted = enclosed_background(prediction, 4)
-    pairs = _overlaps(label_holes, predicted_holes)
-    per_label = np.bincount(pairs[:, 0], minlength=n_label + 1)[1:]
-    per_predicted = np.bincount(pairs[:, 1], minlength=n_predicted + 1)[1:]
+    pairs = overlapping_pairs(label_holes, predicted_holes)
+    per_label = np.bincount(pairs[0], minlength=n_label + 1)[1:]
+    per_predicted = np.bincount(pairs[1], minlength=n_predicted + 1)[1:]
     label_sizes = np.bincount(label_holes.ravel(), minlength=n_label + 1)[1:]
     predicted_sizes = np.bincount(predicted_holes.ravel(), minlength=n_predicted + 1)[1:]
     filled, spurious = per_label == 0, per_predicted == 0
@@ -45,10 +39,10 @@ def loop_and_piece_errors(prediction: np.ndarray, label: np.ndarray) -> Dict[str
     merged_mortar = [int((label & (predicted_holes == i + 1)).sum()) for i in np.flatnonzero(merged)]
     pieces = cc3d.connected_components(prediction.astype(np.uint8), connectivity=8)
     label_pieces = cc3d.connected_components(label.astype(np.uint8), connectivity=8)
-    piece_pairs = _overlaps(label_pieces, pieces)
+    piece_pairs = overlapping_pairs(label_pieces, pieces)
     touching = np.zeros(int(pieces.max()) + 1, bool)
-    touching[piece_pairs[:, 1]] = True
-    per_label_piece = np.bincount(piece_pairs[:, 0], minlength=int(label_pieces.max()) + 1)[1:]
+    touching[piece_pairs[1]] = True
+    per_label_piece = np.bincount(piece_pairs[0], minlength=int(label_pieces.max()) + 1)[1:]
     return {
         "label_holes": n_label, "predicted_holes": n_predicted,
         "filled_holes": int(filled.sum()), "filled_small_holes": int((filled & (label_sizes < PINHOLE)).sum()),

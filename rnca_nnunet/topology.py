@@ -1,0 +1,73 @@
+"""Components, holes, region overlaps and per-slice application: the topology vocabulary that the metrics, the
+read-out's clean-up and guard, the loss weights, the corruptions and the error classification share, so each
+counts a hole or an overlap the same way.
+
+Conventions: 2D foreground 8- / background 4-connected, 3D 26 / 6; a hole (a cavity in 3D) is a background
+component that touches no image border. Label maps are (Z, Y, X); a 2D case is one slice (Z = 1)."""
+from __future__ import annotations
+
+from typing import Callable, List, Tuple
+
+import cc3d
+import numpy as np
+
+
+def enclosed_background(mask: np.ndarray, connectivity: int) -> Tuple[np.ndarray, int]:
+    """Background components of a binary mask that do not touch the image border (holes in 2D, cavities in
+    3D), labelled 1..n (0 elsewhere), and n. The padded border is the first background cc3d meets, so it is
+    label 1."""
+    padded = np.pad(~np.asarray(mask, bool), 1, constant_values=True)
+    labels = cc3d.connected_components(padded.astype(np.uint8), connectivity=connectivity)
+    inner = labels[(slice(1, -1),) * mask.ndim].astype(np.int64)
+    return np.maximum(inner - 1, 0), int(labels.max()) - 1
+
+
+def label_map_holes(segmentation: np.ndarray) -> Tuple[np.ndarray, int]:
+    """`enclosed_background` of a (Z, Y, X) label map's foreground (any label): its slice's holes when Z = 1,
+    else its cavities."""
+    if segmentation.shape[0] == 1:
+        holes, count = enclosed_background(segmentation[0] > 0, 4)
+        return holes[None], count
+    return enclosed_background(segmentation > 0, 6)
+
+
+def frame(shape: Tuple[int, ...]) -> List[Tuple[int, int]]:
+    """One cell of padding on every axis longer than one: the image's outside becomes one background region."""
+    return [(1, 1) if n > 1 else (0, 0) for n in shape]
+
+
+def background_regions(framed: np.ndarray) -> np.ndarray:
+    """The 6-connected background regions of a framed (`frame`) label map, the outside among them."""
+    return cc3d.connected_components(framed == 0, connectivity=6)
+
+
+def distinct_pairs(first: np.ndarray, second: np.ndarray, bound: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The distinct (first, second) label pairs, `second` < `bound`; one flat key per pair sorts far faster
+    than unique rows."""
+    keys = np.unique(first.astype(np.int64) * bound + second)
+    return keys // bound, keys % bound
+
+
+def overlapping_pairs(ours: np.ndarray, theirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The distinct (label of ours, label of theirs) pairs of two labellings where both are non-zero."""
+    both = (ours > 0) & (theirs > 0)
+    return distinct_pairs(ours[both], theirs[both], int(theirs.max()) + 1)
+
+
+def overlap_counts(ours: np.ndarray, theirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per label of each of two labellings, how many of the other's labels it overlaps."""
+    pairs = overlapping_pairs(ours, theirs)
+    return (np.bincount(pairs[0], minlength=int(ours.max()) + 1),
+            np.bincount(pairs[1], minlength=int(theirs.max()) + 1))
+
+
+def slices(segmentation: np.ndarray, per_slice: bool) -> List[np.ndarray]:
+    """A (Z, Y, X) map as (1, Y, X) slices when `per_slice` (a 2D rule's view of a volume), else whole."""
+    return [s[None] for s in segmentation] if per_slice and segmentation.shape[0] > 1 else [segmentation]
+
+
+def apply_per_slice(ndim: int, function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """A function of (K, *spatial) arrays, applied slice by slice when a 2D rule meets (K, Z, Y, X) volumes."""
+    if ndim == 2 and arrays[0].ndim == 4:
+        return np.stack([function(*(a[:, z] for a in arrays)) for z in range(arrays[0].shape[1])], 1)
+    return function(*arrays)
