@@ -78,3 +78,25 @@ def test_training_validation_scores_nothing_under_the_ignore_label():
     result = validate(refiner, [case], 0)
     assert result.before["MYO"]["beta0_error"] == 0 and result.before["MYO"]["dice"] == 1.0
     assert result.after["LV"]["dice"] == 1.0
+
+
+def test_uncertainty_beside_a_refined_case_is_scored_and_a_damaged_one_is_one_line(folders, tmp_path):
+    refined = np.zeros((16, 16))
+    refined[4:8, 4:9] = 1
+    write(folders / "refined", "a", refined)
+    path = folders / "refined" / "a_uncertainty.npz"
+    np.savez_compressed(path, uncertainty=np.full((1, 16, 16), 0.25, np.float16), cells=np.float64(0.3),
+                        topology=np.float64(0.5))
+    both = {"base": str(folders / "pred"), "refined": str(folders / "refined")}
+    evaluation = evaluate_folders(str(folders / "ref"), both, 1, png_folder=str(tmp_path / "png"),
+                                  dataset_json_file=str(folders / "meta" / "dataset.json"))
+    case = evaluation["per_case"][0]
+    assert case["uncertainty"] == {"cells": 0.3, "topology": 0.5}
+    assert case["changed_cells"]["vessel"] == 4  # one column of 4 cells added
+    assert (tmp_path / "png" / "a_uncertainty.png").stat().st_size > 0
+    np.savez_compressed(path, uncertainty=np.zeros((1, 8, 8), np.float16), cells=0.0, topology=0.0)
+    with pytest.raises(InputError, match=r"a_uncertainty.npz: its map \(1, 8, 8\) does not fit the reference"):
+        evaluate_folders(str(folders / "ref"), both, 1)
+    path.write_bytes(b"not an archive")
+    with pytest.raises(InputError, match=r"a_uncertainty.npz: not an uncertainty file of nnUNetv2_predict_rnca"):
+        evaluate_folders(str(folders / "ref"), both, 1)
