@@ -129,9 +129,13 @@ def _read_uncertainty(path: str, shape: Sequence[int]) -> Dict:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise InputError(f"{path}: not an uncertainty file of nnUNetv2_predict_rnca --save_uncertainty "
                          f"({type(error).__name__}: {error}); predict it again or remove it") from None
-    if tuple(values["map"].shape) != tuple(shape) or not np.isfinite(values["map"]).all():
-        raise InputError(f"{path}: its map {values['map'].shape} does not fit the reference {tuple(shape)} or is "
-                         f"not finite; predict it again or remove it")
+    if tuple(values["map"].shape) != tuple(shape):
+        raise InputError(f"{path}: its map {values['map'].shape} does not fit the reference {tuple(shape)}; "
+                         f"predict it again or remove it")
+    shares = (values["map"].min(initial=0.0), values["map"].max(initial=0.0), values["cells"], values["topology"])
+    if not all(0.0 <= share <= 1.0 for share in shares):  # shares of runs: NaN fails too
+        raise InputError(f"{path}: holds values outside 0..1 or not finite (map, cells, topology); "
+                         f"predict it again or remove it")
     return values
 
 
@@ -139,7 +143,7 @@ def _image_file(images_folder: Optional[str], reference_file: str, ending: str) 
     """The raw image `<case>_0000<ending>` of a reference file, for picture backgrounds."""
     if images_folder is None:
         return None
-    path = join(images_folder, os.path.basename(reference_file)[: -len(ending)] + "_0000" + ending)
+    path = join(images_folder, case_stem(reference_file) + "_0000" + ending)
     if not isfile(path):
         raise InputError(f"{path} not found: -images must hold the raw images <case>_0000{ending}")
     return path
@@ -169,7 +173,7 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
     if not labels.classes:
         raise InputError("no foreground label in the references or predictions and no dataset.json; pass -djfile")
     jobs = [CaseJob(r, f, labels, reader_class, png_folder, _image_file(images_folder, r, ending),
-                    _uncertainty_file(predictions.get("refined"), r, ending)) for r, f in pairs]
+                    _uncertainty_file(predictions.get("refined"), r)) for r, f in pairs]
     if num_processes > 1:
         with get_context("spawn").Pool(num_processes) as pool:
             per_case = pool.map(_evaluate_case, jobs)
@@ -181,10 +185,10 @@ def evaluate_folders(reference_folder: str, predictions: Dict[str, str], num_pro
     return summary
 
 
-def _uncertainty_file(refined_folder: Optional[str], reference_file: str, ending: str) -> Optional[str]:
+def _uncertainty_file(refined_folder: Optional[str], reference_file: str) -> Optional[str]:
     if refined_folder is None:
         return None
-    path = join(refined_folder, os.path.basename(reference_file)[: -len(ending)] + "_uncertainty.npz")
+    path = join(refined_folder, case_stem(reference_file) + "_uncertainty.npz")
     return path if isfile(path) else None
 
 

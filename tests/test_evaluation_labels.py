@@ -97,6 +97,12 @@ def test_uncertainty_beside_a_refined_case_is_scored_and_a_damaged_one_is_one_li
     np.savez_compressed(path, uncertainty=np.zeros((1, 8, 8), np.float16), cells=0.0, topology=0.0)
     with pytest.raises(InputError, match=r"a_uncertainty.npz: its map \(1, 8, 8\) does not fit the reference"):
         evaluate_folders(str(folders / "ref"), both, 1)
+    np.savez_compressed(path, uncertainty=np.full((1, 16, 16), np.nan, np.float16), cells=0.0, topology=0.0)
+    with pytest.raises(InputError, match=r"a_uncertainty.npz: holds values outside 0..1 or not finite"):
+        evaluate_folders(str(folders / "ref"), both, 1)
+    np.savez_compressed(path, uncertainty=np.zeros((1, 16, 16), np.float16), cells=-3.0, topology=0.0)
+    with pytest.raises(InputError, match=r"a_uncertainty.npz: holds values outside 0..1"):
+        evaluate_folders(str(folders / "ref"), both, 1)
     path.write_bytes(b"not an archive")
     with pytest.raises(InputError, match=r"a_uncertainty.npz: not an uncertainty file of nnUNetv2_predict_rnca"):
         evaluate_folders(str(folders / "ref"), both, 1)
