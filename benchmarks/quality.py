@@ -25,6 +25,7 @@ from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_envir
 from rnca_nnunet.evaluate import COLUMNS, evaluate_folders
 from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.refiner_folder import read_refiner
 
 DATASETS = {"vessels2d": (981, "2d"), "cardiac2d": (982, "2d"), "cardiac3d": (983, "3d_fullres")}
 
@@ -50,7 +51,7 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
     apply_to_folder(keep_largest_component, labels, folders["base"], folders["largest component"], model.file_ending)
     apply_to_folder(morphological_closing, labels, folders["base"], folders["closing"], model.file_ending)
     if train:
-        add_cleanup_baseline(folders, RNCARefiner.from_folder(os.path.join(model_folder, "rnca")), labels,
+        add_cleanup_baseline(folders, read_refiner(os.path.join(model_folder, "rnca")), labels,
                              os.path.join(out, "predictions", "clean-up alone"), model.file_ending)
         unguarded = unguarded_model_folder(model_folder, os.path.join(out, "unguarded"))
         for name, folder in (("rNCA", model_folder), ("rNCA, guard off (same weights)", unguarded)):

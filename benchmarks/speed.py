@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,12 +32,11 @@ import torch
 from provenance import machine, provenance
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
-from rnca_nnunet.refiner import PRECISIONS
+from rnca_nnunet.device_policy import PRECISIONS
 from rnca_nnunet.experiments.synthetic import corrupted_cases
 
 DATASETS = {"vessels2d": (971, "2d", 600), "cardiac3d": (972, "3d_fullres", 30)}  # id, configuration, rNCA iterations
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 PIPELINE_HEADER = ("| dataset | nnU-Net setting | refiner precision | cases | nnU-Net s/case | refinement s/case | "
                    "refinement / nnU-Net | whole run, s/case added | steps/case | voxel-steps/s |\n"
                    "|---|---|---|---|---|---|---|---|---|---|\n")
@@ -95,26 +94,34 @@ def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, 
     if refine:
         predictor.log = lambda line: None
         if precision != "default":
-            predictor.refiner.precision = PRECISIONS[precision]
-        record["precision"] = NAMES[predictor.refiner.precision]
-        refine_case = predictor.refiner.refine
-
-        def timed(image, probabilities, steps=None):
-            start = time.perf_counter()
-            result = refine_case(image, probabilities, steps)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            record["refine_s"] += time.perf_counter() - start
-            record["steps"] += result[2]
-            record["voxel_steps"] += result[2] * int(np.prod(image.shape[1:]))
-            record["cases"] += 1
-            return result
-
-        predictor.refiner.refine = timed
+            predictor.refiner = predictor.refiner.replace(precision=precision)
+        record["precision"] = predictor.refiner.precision
+        predictor.refiner = TimedRefiner(predictor.refiner, record)
     start = time.perf_counter()
     predictor.predict_from_files(images, out, num_processes_preprocessing=1, num_processes_segmentation_export=1)
     record["total_s"] = time.perf_counter() - start
     return record
+
+
+class TimedRefiner:
+    """A refiner that adds the time, steps and voxel-steps of each `refine` to `record`."""
+
+    def __init__(self, refiner, record: Dict[str, float]):
+        self.refiner, self.record = refiner, record
+
+    def __getattr__(self, name: str):
+        return getattr(self.refiner, name)
+
+    def refine(self, image, probabilities, steps=None):
+        start = time.perf_counter()
+        result = self.refiner.refine(image, probabilities, steps)
+        if self.refiner.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.record["refine_s"] += time.perf_counter() - start
+        self.record["steps"] += result[2]
+        self.record["voxel_steps"] += result[2] * int(np.prod(image.shape[1:]))
+        self.record["cases"] += 1
+        return result
 
 
 def pipeline_rows(kind: str, paths: Dict[str, str], out: str, precisions: List[str]) -> List[str]:
@@ -165,10 +172,10 @@ def pipeline_row(kind: str, setting: str, precision: str, plain: Dict[str, float
 MEMORY_PROBE = """
 import sys, numpy as np, torch
 from rnca_nnunet.cpu_memory import reuse_freed_memory
-from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.refiner_folder import read_refiner
 reuse_freed_memory()  # as the console scripts do
 torch.set_num_threads(int(sys.argv[3]))
-refiner = RNCARefiner.from_folder(sys.argv[1], torch.device("cpu"))
+refiner = read_refiner(sys.argv[1], torch.device("cpu"))
 factor = int(sys.argv[2])
 rng = np.random.default_rng(0)
 shape = (64, 96 * factor, 96)
@@ -243,28 +250,28 @@ def large_case(kind: str, repeat: Sequence[int]) -> np.ndarray:
     return np.tile(np.concatenate([case.image, case.mask]), (1, *repeat))
 
 
-def rule_variants() -> List[Tuple[str, Optional[torch.dtype], bool, bool]]:
-    """(name, autocast dtype, channels-last, torch.compile) worth trying on this device."""
+def rule_variants() -> List[Tuple[str, str, bool, bool]]:
+    """(name, precision, channels-last, torch.compile) worth trying on this device."""
     if DEVICE.type == "cpu":
-        return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False),
-                ("float32, channels-last", None, True, False), ("bfloat16, channels-last", torch.bfloat16, True, False)]
-    return [("float32", None, False, False), ("bfloat16 autocast", torch.bfloat16, False, False),
-            ("float16 autocast", torch.float16, False, False), ("float32, channels-last", None, True, False),
-            ("bfloat16, channels-last", torch.bfloat16, True, False), ("bfloat16, torch.compile", torch.bfloat16, False, True)]
+        return [("float32", "float32", False, False), ("bfloat16 autocast", "bfloat16", False, False),
+                ("float32, channels-last", "float32", True, False), ("bfloat16, channels-last", "bfloat16", True, False)]
+    return [("float32", "float32", False, False), ("bfloat16 autocast", "bfloat16", False, False),
+            ("float16 autocast", "float16", False, False), ("float32, channels-last", "float32", True, False),
+            ("bfloat16, channels-last", "bfloat16", True, False), ("bfloat16, torch.compile", "bfloat16", False, True)]
 
 
 def rule_rows(paths: Dict[str, Dict[str, str]]) -> List[str]:
     """Each trained rule on a large case in every variant: time (after one warm-up run), voxel-steps/s, peak GPU
     memory, and the voxels whose label differs from float32's (share of all voxels and of float32's foreground)."""
-    from rnca_nnunet.refiner import RNCARefiner
+    from rnca_nnunet.refiner_folder import read_refiner
 
     rows = []
     for kind, kind_paths in paths.items():
-        refiner = RNCARefiner.from_folder(os.path.join(kind_paths["model_folder"], "rnca"), DEVICE)
+        loaded = read_refiner(os.path.join(kind_paths["model_folder"], "rnca"), DEVICE)
         context = large_case(kind, REPEATS[DEVICE.type][kind])
         reference = None
         for name, precision, channels_last, compiled in rule_variants():
-            refiner.precision, refiner.channels_last = precision, channels_last
+            refiner = loaded.replace(precision=precision, channels_last=channels_last)
             if compiled:
                 refiner.model.step = torch.compile(refiner.model.step, dynamic=False)
             run = lambda: refiner.refine_context(context, refiner.steps, stop_when_stable=False)[0]

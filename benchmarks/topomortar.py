@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from typing import List, Optional
 
 import numpy as np
@@ -97,8 +98,7 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
     for name, threshold in (("rNCA, guard off (same weights)", None), ("rNCA, guard always on (same weights)", 0.0),
                             ("rNCA (guard chosen on held-out walls)", guard)):
         folders[name] = os.path.join(out, name.split(" (")[0].replace(",", ""))
-        refiner.clean_up.guard = threshold
-        write_refined(refiner, test_cases, folders[name])
+        write_refined(refiner.replace(clean_up=replace(refiner.clean_up, guard=threshold)), test_cases, folders[name])
     result = {"summary": evaluate_folders(os.path.join(folder, "labelsTs"), folders), "read_out": read_out}
     with atomic_path(done) as tmp:
         with open(tmp, "w") as handle:

@@ -292,7 +292,7 @@ MAX_SIZE = 2 ** 31  # cells: larger than any case nnU-Net reads, so a larger siz
 MAX_RADIUS = 1024.0  # cells; the read-out never searches beyond 3
 
 
-@dataclass
+@dataclass(frozen=True)
 class CleanUp:
     """The read-out's clean-up of a label map refined from a base, its numbers chosen by readout.py and kept in
     rnca.json: first components smaller than `min_component_size` cells are removed and holes smaller than

@@ -16,6 +16,7 @@ import torch
 
 from rnca_nnunet.config import check_steps
 from rnca_nnunet.cpu_memory import reuse_freed_memory
+from rnca_nnunet.device_policy import PRECISIONS, default_device
 from rnca_nnunet.errors import InputError
 
 
@@ -34,7 +35,7 @@ def _friendly_errors(main: Callable[[], None]) -> Callable[[], None]:
 def _device(name: Optional[str]) -> torch.device:
     """The requested device; CUDA when present if none was requested, else CPU."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("-device cuda was requested but no CUDA device is available; use -device cpu")
     if name not in ("cpu", "cuda", "mps"):
@@ -153,8 +154,6 @@ def nnunet_predict_parser() -> argparse.ArgumentParser:
 
 
 def predict_parser() -> argparse.ArgumentParser:
-    from rnca_nnunet.refiner import PRECISIONS
-
     parser = nnunet_predict_parser()
     parser.prog = "nnUNetv2_predict_rnca"
     parser.description = "nnUNetv2_predict with every one of its arguments, plus a refiner as the last stage."
@@ -199,7 +198,6 @@ def run_prediction(args: argparse.Namespace) -> None:
     from rnca_nnunet.predict import PictureFolders
     from rnca_nnunet.prediction_checks import check_prediction_arguments
     from rnca_nnunet.predictor import RNCAPredictor
-    from rnca_nnunet.refiner import PRECISIONS
 
     model_folder = _model_folder(args.d, args.tr, args.p, args.c)
     folds = check_prediction_arguments(args, model_folder)
@@ -221,7 +219,7 @@ def run_prediction(args: argparse.Namespace) -> None:
     if args.refiner != "none" and predictor.refiner is None:
         raise InputError(f"refiner '{args.refiner}' refines nothing; drop --refiner to predict without one")
     if args.refiner_precision:
-        predictor.refiner.precision = PRECISIONS[args.refiner_precision]
+        predictor.refiner = predictor.refiner.replace(precision=args.refiner_precision)
     if steps is not None and hasattr(predictor.refiner, "check_steps"):
         predictor.refiner.check_steps(steps)  # bounded by the trained steps before nnU-Net predicts anything
     os.makedirs(args.o, exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path, folder_identity
-from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
+from rnca_nnunet.refiner_folder import FOLDER_NAME, read_refiner
 
 # what a refiner folder holds: weights (safetensors, never pickled), rnca.json, validation.json, logs and curves
 SHARED_ENDINGS = (".safetensors", ".json", ".txt", ".png")
@@ -39,7 +39,7 @@ def export_model_with_refiner(dataset: str, output_file: str, configurations: Se
                 if not os.path.isdir(folder):
                     continue
                 identity = folder_identity(folder)
-                RNCARefiner.from_folder(folder, torch.device("cpu"))
+                read_refiner(folder, torch.device("cpu"))
                 for file in sorted(os.listdir(folder)):
                     path = os.path.join(folder, file)
                     if os.path.isfile(path) and file.endswith(SHARED_ENDINGS):

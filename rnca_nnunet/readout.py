@@ -4,7 +4,8 @@ topology and the classes left unrefined on the held-out ones, each kept only whe
 than the safer choice (`guard_search: false` in a preset: sizes on every CV case and no guard, as before)."""
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from dataclasses import replace
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,8 +41,8 @@ def real_hole_bounds(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> Opt
 
 
 def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
-                    folder: Optional[str] = None) -> None:
-    """Set the read-out's smallest kept component, its smallest kept hole, then its thinnest kept hole (like
+                    folder: Optional[str] = None) -> RNCARefiner:
+    """The refiner with the read-out's smallest kept component, its smallest kept hole, then its thinnest kept hole (like
     nnU-Net's post-processing search); a value is taken only when it scores strictly better than every
     smaller one.
 
@@ -51,7 +52,7 @@ def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Ca
     Hole fills stop below the size and the thickness of the labels' own small holes (`real_hole_bounds`)."""
     refined = refine_cases(refiner, cases, folder)
     bounds = real_hole_bounds(refiner, cases)
-    best = None
+    best, clean_up = None, refiner.clean_up
     for setting, values in (("min_component_size", READ_OUT_SIZES), ("min_hole_size", READ_OUT_SIZES),
                             ("max_hole_radius", READ_OUT_RADII)):
         chosen = 0
@@ -60,12 +61,12 @@ def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Ca
             if refused:
                 log(f"{setting} {value:g} not tried: {refused}")
                 break
-            setattr(refiner.clean_up, setting, value)
-            result = validate(refiner, cases, 0, refined)
+            result = validate(refiner.replace(clean_up=replace(clean_up, **{setting: value})), cases, 0, refined)
             log(f"{setting} {value:g} on all {len(cases)} cases: {summary_line(result)} score {result.score:.3f}")
             if best is None or result.score < best.score - 1e-6:
                 best, chosen = result, value
-        setattr(refiner.clean_up, setting, chosen)
+        clean_up = replace(clean_up, **{setting: chosen})
+    return refiner.replace(clean_up=clean_up)
 
 
 def _fills_real_holes(setting: str, value: float, bounds: Optional[np.ndarray]) -> Optional[str]:
@@ -78,10 +79,10 @@ def _fills_real_holes(setting: str, value: float, bounds: Optional[np.ndarray]) 
 
 
 def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
-                 folder: Optional[str] = None) -> ValidationResult:
-    """Set the guard of the base's topology (`GUARD_THRESHOLDS`, safest first: a less safe one is taken only
+                 folder: Optional[str] = None) -> Tuple[RNCARefiner, ValidationResult]:
+    """Choose the guard of the base's topology (`GUARD_THRESHOLDS`, safest first: a less safe one is taken only
     when it scores strictly better), then leave unrefined every class on which the refinement does not score
-    better than the base; returns the held-out result of the read-out chosen.
+    better than the base; returns the refiner with that read-out and its held-out result.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
@@ -92,24 +93,23 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     refined = refine_cases(refiner, cases, folder)
     best, chosen, best_score = None, None, float("inf")
     for threshold in GUARD_THRESHOLDS:
-        refiner.clean_up.guard = threshold
-        result = validate(refiner, cases, 0, refined)
+        result = validate(refiner.replace(clean_up=replace(refiner.clean_up, guard=threshold)), cases, 0, refined)
         score = result.decision_score(list(result.after))
         log(f"guard {'off' if threshold is None else f'{threshold:g}'} on {len(cases)} held-out cases: "
             f"{summary_line(result)} {harm_summary(result)} score {score:.3f}")
         if score < best_score - 1e-6:
             best, chosen, best_score = result, threshold, score
-    refiner.clean_up.guard = chosen
+    refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=chosen))
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:
         log(f"{name}: refiner {'OFF' if name in unhelped else 'on'} (held-out score {best.decision_score([name]):.3f},"
             f" nnU-Net's own masks 1; {harm_line(best.harm([name]))})")
     if unhelped:
         labels = sorted({label for name in unhelped for label in refiner.semantics.classes[name]})
-        refiner.clean_up.unrefined_labels = tuple(labels)
+        refiner = refiner.replace(clean_up=replace(refiner.clean_up, unrefined_labels=tuple(labels)))
         log(f"labels {labels} keep nnU-Net's prediction: the refiner does not help them on cases it never saw")
         best = validate(refiner, cases, 0, refined)
-    return best
+    return refiner, best
 
 
 def harm_summary(result: ValidationResult) -> str:

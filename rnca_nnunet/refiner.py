@@ -1,48 +1,36 @@
 """RNCARefiner: a trained rule plus everything needed to apply it to an nnU-Net prediction.
 
-A refiner is one folder, `rnca/`: `refiner.safetensors` (weights, never pickled) and `rnca.json`
-(rule shape, label semantics, normalisation, step count, read-out clean-up sizes, what it was trained on).
+NumPy in, NumPy out. A refiner never changes once made: `replace` gives one with other settings (another
+read-out, device or precision), so a refiner shared by a predictor, a search and a test is the same
+everywhere. Its folder format is refiner_folder.py's, where and how it runs device_policy.py's.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
-import tempfile
+import copy
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import check_steps
+from rnca_nnunet.device_policy import check_device, default_channels_last, precision_for, PRECISIONS
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.files import folder_identity, replace_folder, shared_folder_permissions
 from rnca_nnunet.metrics import betti_numbers
-from rnca_nnunet.data import ModelFolder
-from rnca_nnunet.model import RNCA, RuleShape, memory_format
+from rnca_nnunet.model import RNCA, memory_format
 from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, reachable_region, run_tiled
 from rnca_nnunet.state import (LabelSemantics, Normalisation, base_confidence, complete_probabilities,
                                mask_from_probabilities, probabilities_from_mask, segmentation_from_mask, segmentation_from_probabilities,
                                target_from_label)
 
-FOLDER_NAME = "rnca"
-WEIGHTS_FILE = "refiner.safetensors"
-CONFIG_FILE = "rnca.json"
-FORMAT_VERSION = 1
-READ_ATTEMPTS = 5
-# the intensity properties nnU-Net's normalisation schemes read (preprocessing/normalization)
-NEEDED_PROPERTIES = {"CTNormalization": {"mean", "std", "percentile_00_5", "percentile_99_5"}}
 UNCERTAINTY_RUNS = 8  # stochastic rollouts per case for --save_uncertainty
 # --refiner_steps beyond this many times the trained step count only costs time: the rule settles within its
 # trained steps, and 4096 steps took about 80 s on one 256x256 case on a 2-core CPU
 MAX_STEP_FACTOR = 8
+SETTINGS = ("model", "semantics", "normalisation", "steps", "trained_on", "device", "clean_up", "transpose_forward",
+            "precision", "channels_last", "max_tile_cells")  # what `replace` may change
 
 
 @dataclass(frozen=True)
@@ -59,145 +47,59 @@ class Instability:
                 f"{100 * self.topology:.0f}% of the stochastic runs")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def check_device(device: object) -> torch.device:
-    """A torch.device, or its name ("cpu", "cuda:1"); None: CUDA when present, else the CPU."""
-    if device is None:
-        return default_device()
-    try:
-        device = device if isinstance(device, torch.device) else torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device {device!r} is not a torch device; give 'cpu', 'cuda' or a torch.device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} was asked for but no CUDA device is available; use 'cpu'")
-    return device
-
-
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # name -> autocast dtype
-
-
-def default_precision(device: torch.device) -> Optional[torch.dtype]:
-    """The rule's autocast dtype where benchmarks/speed.py measured it faster with labels within 0.1% of
-    float32's: float16 on CUDA (as fast as bfloat16, closer to float32), bfloat16 on a CPU that computes it
-    natively (2-3x faster), float32 (None) on any other CPU, where PyTorch emulates bfloat16: on an AVX2 CPU
-    a 256x256 step of the mesh_2d rule took 316 ms in bfloat16, 43 ms in float32 (channels-last, 2 threads)."""
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_computes_bfloat16() else None
-
-
-def cpu_computes_bfloat16() -> bool:
-    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX). PyTorch tells only through private
-    functions; where a release drops them the answer is no, and the rule runs in float32: slower, never wrong."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check is not None and bool(check()) for check in checks)
-
-
-def default_channels_last(device: torch.device) -> bool:
-    """Channels-last tensors where benchmarks/speed.py measured them faster: on the CPU, not on CUDA."""
-    return device.type == "cpu"
-
-
 class RNCARefiner:
-    """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`."""
+    """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`.
+
+    `precision` names the rule's arithmetic (a key of device_policy.PRECISIONS; None: the device's default),
+    `channels_last` its tensor layout (None: the device's default), `max_tile_cells` the cells per tile, halo
+    included (None: from the device)."""
 
     def __init__(self, model: RNCA, semantics: LabelSemantics, normalisation: Normalisation, steps: int,
                  trained_on: Dict, device: Optional[torch.device] = None, clean_up: Optional[CleanUp] = None,
-                 transpose_forward: Sequence[int] = (0, 1, 2)):
-        self.device = check_device(device)
-        self.model = model.to(self.device).eval()
-        self.semantics = semantics
-        self.normalisation = normalisation
-        self.steps = steps
-        self.trained_on = trained_on
-        self.clean_up = clean_up or CleanUp()
-        self.transpose_forward = list(transpose_forward)
-        self.max_tile_cells: Optional[int] = None  # cells per tile, halo included; None: from the device
-        self.precision = default_precision(self.device)  # autocast dtype of the rule's convolutions; None: float32
-        self.channels_last = default_channels_last(self.device)
+                 transpose_forward: Sequence[int] = (0, 1, 2), precision: Optional[str] = None,
+                 channels_last: Optional[bool] = None, max_tile_cells: Optional[int] = None):
+        set_ = super().__setattr__
+        set_("device", check_device(device))
+        set_("semantics", semantics)
+        set_("normalisation", normalisation)
+        set_("steps", steps)
+        set_("trained_on", trained_on)
+        set_("clean_up", clean_up or CleanUp())
+        set_("transpose_forward", tuple(transpose_forward))
+        set_("max_tile_cells", max_tile_cells)
+        dtype = precision_for(precision, self.device)
+        set_("precision", next(name for name, value in PRECISIONS.items() if value == dtype))
+        set_("autocast_dtype", dtype)  # of the rule's convolutions; None: float32
+        channels_last = default_channels_last(self.device) if channels_last is None else channels_last
+        set_("layout", memory_format(model.shape.ndim, channels_last))
+        set_("model", model.to(self.device, memory_format=self.layout).eval())  # weights follow the layout once
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an RNCARefiner does not change; use refiner.replace({name}=...) for one with another "
+                             f"{name}")
+
+    def replace(self, **changes: Any) -> "RNCARefiner":
+        """A refiner like this one but for `changes` (any of SETTINGS). The rule's weights are shared where device
+        and layout stay, else copied, so this refiner is never touched."""
+        unknown = sorted(set(changes) - set(SETTINGS))
+        if unknown:
+            raise TypeError(f"replace() got {unknown}; a refiner's settings are {SETTINGS}")
+        settings = {name: getattr(self, name) for name in SETTINGS}
+        settings.update(changes)
+        moved = check_device(settings["device"]) != self.device or (
+            settings["channels_last"] is not None and settings["channels_last"] != self.channels_last)
+        if moved and settings["model"] is self.model:
+            settings["model"] = copy.deepcopy(self.model)
+        return RNCARefiner(**settings)
 
     @property
     def channels_last(self) -> bool:
         """Whether the rule's tensors and weights are channels-last (see `model.memory_format`)."""
         return self.layout != torch.contiguous_format
 
-    @channels_last.setter
-    def channels_last(self, value: bool) -> None:
-        self.layout = memory_format(self.model.shape.ndim, value)
-        self.model.to(memory_format=self.layout)  # the weights follow once, not at every rollout
-
-    @classmethod
-    def from_folder(cls, folder: str, device: Optional[torch.device] = None) -> "RNCARefiner":
-        """Load a refiner folder; every value of rnca.json is checked, and the weights' shapes are checked
-        against the safetensors header before anything is allocated. Read again when the folder was replaced
-        while it was read (a training finishing beside a prediction), so rnca.json and the weights always
-        come from one folder."""
-        for _ in range(READ_ATTEMPTS):
-            identity = folder_identity(folder)
-            refiner = cls._read_folder(folder, device)
-            if folder_identity(folder) == identity:
-                return refiner
-        raise InputError(f"{folder} was replaced {READ_ATTEMPTS} times while it was read: another process keeps "
-                         f"saving a refiner there; load it when that process has finished")
-
-    @classmethod
-    def _read_folder(cls, folder: str, device: Optional[torch.device]) -> "RNCARefiner":
-        config_path, weights_path = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
-        for path in (config_path, weights_path):
-            if not os.path.isfile(path):
-                raise InputError(f"{path} not found: a refiner folder holds {CONFIG_FILE} and {WEIGHTS_FILE}; "
-                                 f"train one with nnUNetv2_train_rnca")
-        try:
-            with open(config_path, encoding="utf-8") as handle:
-                config = json.load(handle)
-            version = config.get("format_version", FORMAT_VERSION)
-            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-                raise ValueError(f"format_version {version!r} is not one this rnca-nnunet reads (1 to "
-                                 f"{FORMAT_VERSION}); a newer rnca-nnunet wrote it: upgrade the package")
-            shape = check_rule_shape(RuleShape(**config["rule"]))
-            semantics = LabelSemantics(config["labels"], config.get("regions_class_order"))
-            semantics.manager  # nnU-Net's LabelManager validates the label definition
-            normalisation = check_normalisation(Normalisation(**config["normalisation"]))
-            steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
-            clean_up = CleanUp.from_config(config)
-            transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
-            check_channels(shape, semantics, normalisation)
-        except (ValueError, KeyError, TypeError, AssertionError, AttributeError, RecursionError, InputError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"{config_path}: not a valid rnca.json ({first_line}); copy the whole rnca/ folder "
-                             f"again or retrain with nnUNetv2_train_rnca") from None
-        weights = _load_weights(weights_path, shape)
-        model = RNCA(shape)
-        model.load_state_dict(weights)
-        return cls(model, semantics, normalisation, steps, config.get("trained_on", {}), device, clean_up,
-                   transpose_forward=transpose_forward)
-
-    def save(self, folder: str, extra_files: Sequence[str] = ()) -> None:
-        """Write the refiner folder atomically: a crash never leaves a half-written rnca/."""
-        parent = os.path.dirname(os.path.abspath(folder))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".rnca-partial-", dir=parent)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(weights, os.path.join(staging, WEIGHTS_FILE))
-        with open(os.path.join(staging, CONFIG_FILE), "w") as handle:
-            json.dump(self.config(), handle, indent=2)
-        for path in extra_files:
-            shutil.copy2(path, staging)
-        shared_folder_permissions(staging)
-        replace_folder(staging, folder)
-
-    def config(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "rule": vars(self.model.shape).copy(),
-                "labels": self.semantics.labels, "regions_class_order": self.semantics.regions_class_order,
-                "normalisation": vars(self.normalisation).copy(), "inference_steps": self.steps,
-                **asdict(self.clean_up),
-                "transpose_forward": self.transpose_forward, "trained_on": self.trained_on}
-
-    def check_compatible(self, model: ModelFolder) -> None:
-        """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot)."""
+    def check_compatible(self, model: Any) -> None:
+        """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot). `model`: an
+        nnU-Net model folder as data.ModelFolder reads it."""
         theirs = LabelSemantics(model.dataset_json["labels"], model.dataset_json.get("regions_class_order"))
         if theirs != self.semantics:
             raise InputError(f"refiner was trained for labels {self.semantics.labels}, but {model.path} predicts "
@@ -421,8 +323,8 @@ class RNCARefiner:
         # nnU-Net's predictor turns cudnn benchmarking on for its fixed patch size; every region refined here has
         # its own shape, so benchmarking would run again for every case
         cudnn = torch.backends.cudnn
-        with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
-                            enabled=self.precision is not None), \
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None), \
                 cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
                             allow_tf32=cudnn.allow_tf32):
             state, used = self.model.rollout(self.model.initial_state(context_input[:, -k:], self.layout),
@@ -431,80 +333,3 @@ class RNCARefiner:
         return RNCA.read_mask(state, k).cpu().numpy(), used
 
 
-def check_rule_shape(shape: RuleShape) -> RuleShape:
-    """Sizes from a file are bounded before anything is built from them (a size of 1e8 would allocate gigabytes)."""
-    limits = {"ndim": (2, 3), "context_channels": (1, 512), "mask_channels": (1, 255), "hidden_channels": (0, 256),
-              "update_width": (1, 4096)}
-    for name, (low, high) in limits.items():
-        value = getattr(shape, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"rule {name} = {value!r} must be a whole number from {low} to {high}")
-    if not isinstance(shape.alive_threshold, (int, float)) or not 0 <= shape.alive_threshold < 1:
-        raise ValueError(f"rule alive_threshold = {shape.alive_threshold!r} must be in [0, 1)")
-    return shape
-
-
-def check_channels(shape: RuleShape, semantics: LabelSemantics, normalisation: Normalisation) -> None:
-    """The rule sees the image channels and the mask channels: sizes that disagree with the labels or the
-    normalisation would fail inside a convolution at the first case."""
-    if shape.mask_channels != semantics.mask_channels:
-        raise ValueError(f"rule mask_channels = {shape.mask_channels} but the labels give {semantics.mask_channels}")
-    if shape.context_channels != len(normalisation.schemes) + semantics.mask_channels:
-        raise ValueError(f"rule context_channels = {shape.context_channels} but {len(normalisation.schemes)} image "
-                         f"and {semantics.mask_channels} mask channels give "
-                         f"{len(normalisation.schemes) + semantics.mask_channels}")
-
-
-def check_transpose(axes: object) -> List[int]:
-    if not isinstance(axes, list) or sorted(axes) != [0, 1, 2]:
-        raise ValueError(f"transpose_forward = {axes!r} must be a permutation of [0, 1, 2]")
-    return axes
-
-
-def check_normalisation(normalisation: Normalisation) -> Normalisation:
-    """Scheme names and finite numbers only: a NaN percentile would turn every image into NaN and every mask
-    empty, with no error."""
-    if not isinstance(normalisation.schemes, list) or not all(isinstance(s, str) for s in normalisation.schemes):
-        raise ValueError(f"normalisation schemes must be a list of nnU-Net scheme names, got {normalisation.schemes!r}")
-    properties = normalisation.intensity_properties
-    for channel, values in (properties.items() if isinstance(properties, dict) else [("", properties)]):
-        if not isinstance(values, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()):
-            raise ValueError(f"normalisation intensity_properties of channel {channel!r} must be finite numbers, "
-                             f"got {values!r}")
-    for channel, scheme in enumerate(normalisation.schemes):
-        missing = sorted(NEEDED_PROPERTIES.get(scheme, set()) - set(properties.get(str(channel), {})))
-        if missing:
-            raise ValueError(f"normalisation {scheme} of channel {channel} needs intensity_properties {missing}")
-    return normalisation
-
-
-def _load_weights(path: str, shape: RuleShape) -> Dict[str, torch.Tensor]:
-    """Weights whose names and shapes fit `shape` (read from the header first) and whose values are finite."""
-    with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in RNCA(shape).state_dict().items()}
-    try:
-        with safe_open(path, framework="pt") as handle:
-            found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-            if found != expected:
-                differ = sorted(n for n in set(found) | set(expected) if found.get(n) != expected.get(n))
-                raise ValueError(f"{differ[0]} is {found.get(differ[0])} in the file, {expected.get(differ[0])} "
-                                 f"in {CONFIG_FILE}")
-            weights = {name: handle.get_tensor(name) for name in found}
-    except (SafetensorError, ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise InputError(f"{path}: weights do not fit {CONFIG_FILE} ({first_line}); copy the whole rnca/ folder "
-                         f"from one training run") from None
-    wrong_type = sorted(name for name, tensor in weights.items() if tensor.dtype != torch.float32)
-    if wrong_type:
-        raise InputError(f"{path}: weights {wrong_type[:3]} are {weights[wrong_type[0]].dtype}, not float32 as "
-                         f"nnUNetv2_train_rnca writes them; copy the whole rnca/ folder from one training run")
-    broken = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
-    if broken:
-        raise InputError(f"{path}: weights {broken} contain NaN or infinite values; retrain with nnUNetv2_train_rnca")
-    return weights
-
-
-def load_rnca_refiner(model_folder: str, device: Optional[torch.device] = None) -> RNCARefiner:
-    """Entry point of the `rnca` refiner: the rnca/ folder inside an nnU-Net model folder."""
-    return RNCARefiner.from_folder(os.path.join(model_folder, FOLDER_NAME), device)

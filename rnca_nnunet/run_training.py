@@ -20,7 +20,8 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import folder_lock
 from rnca_nnunet.pictures import plot_progress
 from rnca_nnunet.readout import unrefined_classes
-from rnca_nnunet.refiner import FOLDER_NAME, RNCARefiner
+from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.refiner_folder import FOLDER_NAME, save_refiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
 from rnca_nnunet.validation import split_cases
@@ -66,7 +67,7 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
             for name in ("cases", "read_out"):
                 shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
         extra = write_training_outputs(staging, refiner, record) + [log_path]
-        refiner.save(os.path.join(model.path, FOLDER_NAME), extra)
+        save_refiner(refiner, os.path.join(model.path, FOLDER_NAME), extra)
         shutil.rmtree(staging, ignore_errors=True)
     return refiner
 

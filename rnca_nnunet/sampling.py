@@ -7,7 +7,7 @@ probabilities get a random temperature (single-fold CV maps are sharper than 5-f
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -84,8 +84,10 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
     model = RNCA(shape)
+    # checkpoints are scored with the rule's own loops: see CHECKPOINT_CLEAN_UP
     refiner = RNCARefiner(model, semantics, normalisation, config.inference_steps,
-                          dict(trained_on, train=config_to_dict(config)), device, transpose_forward=transpose_forward)
+                          dict(trained_on, train=config_to_dict(config)), device,
+                          CleanUp(CHECKPOINT_CLEAN_UP, CHECKPOINT_CLEAN_UP), transpose_forward)
     layout = refiner.layout  # train in the layout the refiner runs in
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = max(1, config.iterations // 20)
@@ -99,7 +101,6 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     losses: List[float] = []
     validations: List[ValidationResult] = []
     best_state, best_score = None, float("inf")
-    refiner.clean_up = CleanUp(CHECKPOINT_CLEAN_UP, CHECKPOINT_CLEAN_UP)  # the rule's own loops: see CHECKPOINT_CLEAN_UP
     started = time.time()
     for iteration in tqdm(range(1, config.iterations + 1), desc="training rNCA", disable=not show_progress):
         model.train()
@@ -139,18 +140,18 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         model.load_state_dict(best_state)
     model.eval()
     final = None
-    refiner.clean_up = CleanUp()
+    refiner = refiner.replace(clean_up=CleanUp())
     if val_cases:
         best = min(validations, key=lambda v: v.score)
         # with the guard search (the default) the sizes come from the training cases only, so the held-out ones
         # choose the guard and score honestly; without it, from every CV case, as before the search
-        choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log,
-                        work_folder)
+        refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log,
+                                  work_folder)
         if config.keep_base_loops:
-            refiner.clean_up.guard = 0.0
+            refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
             final = validate(refiner, val_cases, best.iteration)
         elif config.guard_search:
-            final = choose_guard(refiner, val_cases, log, work_folder)
+            refiner, final = choose_guard(refiner, val_cases, log, work_folder)
         else:
             final = validate(refiner, val_cases, best.iteration)
         final.iteration = best.iteration

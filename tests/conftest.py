@@ -138,36 +138,29 @@ def share_of_labels_changed_by_bfloat16(refiner, cases) -> float:
     """Share of voxels whose refined label differs between bfloat16 autocast (the default on a CPU with
     bfloat16 instructions, whether or not this one has them) and float32."""
     import numpy as np
-    import torch
 
     def labels(precision):
-        refiner.precision = precision
-        return [refiner.segment(refiner.refine_context(np.concatenate([c.image, c.mask]), refiner.steps, False)[0],
+        variant = refiner.replace(precision=precision)
+        return [variant.segment(variant.refine_context(np.concatenate([c.image, c.mask]), variant.steps, False)[0],
                                 c.mask) for c in cases]
 
-    own = refiner.precision
-    try:
-        reduced, full = labels(torch.bfloat16), labels(None)
-    finally:
-        refiner.precision = own
+    reduced, full = labels("bfloat16"), labels("float32")
     return sum(int((a != b).sum()) for a, b in zip(reduced, full)) / sum(a.size for a in full)
 
 
 def validate_shipped_rule_alone_and_clean_up_alone(refiner, cases, iteration: int):
     """Held-out metrics of the shipped refiner, of its rule without the read-out clean-up, and of the clean-up
-    without the rule (a zero update keeps every mask), so a test can require the rule to earn its result.
-    The refiner is left as it was given."""
+    without the rule (a zero update keeps every mask), so a test can require the rule to earn its result."""
+    import copy
+
     import torch
 
     from rnca_nnunet.cleanup import CleanUp
     from rnca_nnunet.validation import validate
 
     shipped = validate(refiner, cases, iteration)
-    clean_up, refiner.clean_up = refiner.clean_up, CleanUp()
-    rule_alone = validate(refiner, cases, iteration)
-    refiner.clean_up = clean_up
-    weights = refiner.model.update_out.weight.detach().clone()
-    torch.nn.init.zeros_(refiner.model.update_out.weight)
-    clean_up_alone = validate(refiner, cases, iteration)
-    refiner.model.update_out.weight.data.copy_(weights)
+    rule_alone = validate(refiner.replace(clean_up=CleanUp()), cases, iteration)
+    still = copy.deepcopy(refiner.model)
+    torch.nn.init.zeros_(still.update_out.weight)
+    clean_up_alone = validate(refiner.replace(model=still), cases, iteration)
     return shipped, rule_alone, clean_up_alone

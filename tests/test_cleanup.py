@@ -95,7 +95,7 @@ def test_the_read_out_never_fills_holes_the_size_of_the_labels_own():
         prediction[0, 69:73, x:x + 5] = 0  # six spurious holes of 20 cells
     refiner = identity_refiner()
     assert sorted(hole_measures(prediction, True)[0])[:8] == [20] * 6 + [25] * 2
-    choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
+    refiner = choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
     assert refiner.clean_up.min_hole_size <= 25, "a fill of holes the size of the small bricks fills real bricks"
     assert (refiner.clean_segmentation(prediction)[0, 70:75, 5:10] == 0).all()
 
@@ -136,7 +136,7 @@ def test_the_read_out_fills_slivers_thinner_than_the_labels_own_holes():
 
     refiner = identity_refiner()
     prediction, label = sliver_wall(real_thin_holes=False)
-    choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
+    refiner = choose_read_out(refiner, one_case(prediction, label), log=lambda line: None)
     assert refiner.clean_up.min_hole_size <= 64 and 1 <= refiner.clean_up.max_hole_radius < 6
     cleaned = refiner.clean_segmentation(prediction)
     assert (cleaned[0, 66:80] == 1).all() and sorted(hole_measures(cleaned, True)[0].tolist()) == [144] * 25
@@ -150,7 +150,7 @@ def test_the_read_out_never_fills_holes_as_thin_as_the_labels_own():
     refiner = identity_refiner()
     prediction, label = sliver_wall(real_thin_holes=True)
     lines = []
-    choose_read_out(refiner, one_case(prediction, label), log=lines.append)
+    refiner = choose_read_out(refiner, one_case(prediction, label), log=lines.append)
     assert refiner.clean_up.max_hole_radius == 0, "a fill of holes as thin as the label's fills real holes"
     assert (refiner.clean_segmentation(prediction)[0, 77:79, 5:15] == 0).all()
     assert "max_hole_radius 1 not tried: 1% of the labels' holes are at most 1.00 cells thick" in lines

@@ -12,7 +12,7 @@ import pytest
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from rnca_nnunet.data import read_model_folder
-from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.refiner_folder import read_refiner
 
 from conftest import TEST_TRAINER
 
@@ -63,7 +63,7 @@ def test_prediction_with_refiner_writes_what_the_refiner_produced(trained_vessel
     assert not [name for name in os.listdir(refined) if name.startswith(".")], "nothing staged or half-written"
     for kind in ("png", "gif"):
         assert sorted(os.listdir(tmp_path / kind)) == [f"vessels2d_ts_00{i}.{kind}" for i in range(3)]
-    refiner = RNCARefiner.from_folder(os.path.join(model.model_folder, "rnca"))
+    refiner = read_refiner(os.path.join(model.model_folder, "rnca"))
     io = SimpleITKIO()
     for case in ("vessels2d_ts_000", "vessels2d_ts_002"):
         image, _ = io.read_images([os.path.join(images, f"{case}_0000.nii.gz")])
@@ -149,7 +149,6 @@ def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refi
     assert "| change | vessel |" in stdout
     assert [f"vessels2d_ts_00{i}.png" for i in range(3)] == sorted(
         name for name in os.listdir(folder / "html" / "cases") if not name.endswith("_uncertainty.png"))
-    images = os.path.join(model.raw_dataset, "imagesTs")
     missing = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
                         "-pred", str(folder / "base"), "--png", str(folder / "png2"), "-images",
                         str(folder / "base"), check=False)

@@ -95,10 +95,9 @@ def test_a_rule_that_breaks_right_topology_is_guarded_by_default():
     rule breaks them, so this fails without it."""
     refiner = random_refiner(2)
     torch.nn.init.normal_(refiner.model.update_out.weight, std=1.0)
-    refiner.steps = 8
-    result = choose_guard(refiner, near_correct_cases(4, seed=1), log=lambda line: None)
+    refiner, result = choose_guard(refiner.replace(steps=8), near_correct_cases(4, seed=1), log=lambda line: None)
     assert result.harm(list(result.after))["newly_broken"] == 0
-    unguarded = CleanUp()
+    unguarded = refiner.replace(clean_up=CleanUp())
     broken_without = 0
     for case in near_correct_cases(5, seed=2):
         probabilities = np.concatenate([1 - case.mask.sum(0, keepdims=True), case.mask])
@@ -106,8 +105,6 @@ def test_a_rule_that_breaks_right_topology_is_guarded_by_default():
         _, kept, _ = refiner.refine(case.image, probabilities)
         assert betti_numbers(kept[0] == 1) == betti_numbers(base[0] == 1), case.name
         assert loop_mismatches(kept, base, True) == 0
-        guarded, refiner.clean_up = refiner.clean_up, unguarded
-        _, free, _ = refiner.refine(case.image, probabilities)
-        refiner.clean_up = guarded
+        _, free, _ = unguarded.refine(case.image, probabilities)
         broken_without += betti_numbers(free[0] == 1) != betti_numbers(base[0] == 1)
     assert broken_without >= 3, "the rule must break the walls for the test to mean anything"

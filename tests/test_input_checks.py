@@ -12,17 +12,17 @@ from safetensors.torch import save_file
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.predict import write_refined_case
-from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
 from rnca_nnunet.train import TrainingDiverged, train_refiner
+from rnca_nnunet.refiner_folder import read_refiner, save_refiner
 
 from test_refiner import random_case, random_refiner
 
 
 def saved_refiner(tmp_path) -> str:
     folder = str(tmp_path / "rnca")
-    random_refiner(2).save(folder)
+    save_refiner(random_refiner(2), folder)
     return folder
 
 
@@ -64,7 +64,7 @@ def test_bad_rnca_json_values_are_refused_before_allocating(tmp_path, edit, mess
     folder = saved_refiner(tmp_path)
     edit_config(folder, edit)
     with pytest.raises(InputError) as error:
-        RNCARefiner.from_folder(folder, torch.device("cpu"))
+        read_refiner(folder, torch.device("cpu"))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -73,7 +73,7 @@ def test_deeply_nested_rnca_json_is_refused(tmp_path):
     with open(os.path.join(folder, "rnca.json"), "w") as handle:
         handle.write('{"rule": ' + "[" * 100000 + "]" * 100000 + "}")
     with pytest.raises(InputError, match="not a valid rnca.json .maximum recursion depth"):
-        RNCARefiner.from_folder(folder)
+        read_refiner(folder)
 
 
 def test_non_utf8_rnca_json_is_refused(tmp_path):
@@ -81,7 +81,7 @@ def test_non_utf8_rnca_json_is_refused(tmp_path):
     with open(os.path.join(folder, "rnca.json"), "wb") as handle:
         handle.write(b'{"rule": "\xff\xfe"}')
     with pytest.raises(InputError, match="not a valid rnca.json"):
-        RNCARefiner.from_folder(folder)
+        read_refiner(folder)
 
 
 def test_non_finite_weights_are_refused_at_load(tmp_path):
@@ -91,7 +91,7 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
     weights["update_in.weight"][0, 0] = float("nan")
     save_file(weights, os.path.join(folder, "refiner.safetensors"))
     with pytest.raises(InputError, match=r"\['update_in.weight'\] contain NaN"):
-        RNCARefiner.from_folder(folder)
+        read_refiner(folder)
 
 
 def test_weights_of_another_type_are_refused_at_load(tmp_path):
@@ -101,7 +101,7 @@ def test_weights_of_another_type_are_refused_at_load(tmp_path):
     weights = {k: v.contiguous().to(torch.int8) for k, v in refiner.model.state_dict().items()}
     save_file(weights, os.path.join(folder, "refiner.safetensors"))
     with pytest.raises(InputError, match=r"are torch.int8, not float32"):
-        RNCARefiner.from_folder(folder)
+        read_refiner(folder)
 
 
 def test_refiner_folder_is_readable_by_others(tmp_path):
@@ -175,13 +175,12 @@ def test_region_datasets_are_detected_as_nnunet_detects_them():
 
 def test_two_d_rule_slices_along_nnunets_first_axis():
     """transpose_forward [2, 0, 1]: nnU-Net's 2d configuration slices along the image's last axis."""
-    refiner = random_refiner(2)
-    refiner.normalisation = Normalisation(["NoNormalization"], {})  # a slice's z-score differs from the volume's
+    # no z-score: a slice's differs from the volume's
+    refiner = random_refiner(2).replace(normalisation=Normalisation(["NoNormalization"], {}))
     image, probabilities = random_case((5, 6, 7))
-    refiner.transpose_forward = [2, 0, 1]
-    refined, segmentation, _ = refiner.refine(image, probabilities, 4, stop_when_stable=False)
+    refined, segmentation, _ = refiner.replace(transpose_forward=[2, 0, 1]).refine(image, probabilities, 4,
+                                                                                   stop_when_stable=False)
     assert segmentation.shape == (5, 6, 7)
-    refiner.transpose_forward = [0, 1, 2]
     for x in range(7):
         slice_image, slice_probabilities = image[:, None, :, :, x], probabilities[:, None, :, :, x]
         _, expected, _ = refiner.refine(slice_image, slice_probabilities, 4, stop_when_stable=False)

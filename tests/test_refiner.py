@@ -11,9 +11,11 @@ from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.model import RNCA, RuleShape
-from rnca_nnunet.refiner import RNCARefiner, default_precision
+from rnca_nnunet.device_policy import default_precision
+from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.tiling import TilePlan, plan_tiles
+from rnca_nnunet.refiner_folder import read_refiner, save_refiner
 
 LABELS = {"background": 0, "LV": 1, "MYO": 2}
 
@@ -49,10 +51,9 @@ def test_tiled_refinement_equals_untiled(ndim, shape, plan):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    refiner = random_refiner(2)
-    refiner.clean_up = CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,))
-    refiner.save(str(tmp_path / "rnca"))
-    loaded = RNCARefiner.from_folder(str(tmp_path / "rnca"), torch.device("cpu"))
+    refiner = random_refiner(2).replace(clean_up=CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,)))
+    save_refiner(refiner, str(tmp_path / "rnca"))
+    loaded = read_refiner(str(tmp_path / "rnca"), torch.device("cpu"))
     assert loaded.clean_up == CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,))
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
@@ -65,34 +66,34 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_saving_again_replaces_the_folder_whole(tmp_path):
     refiner = random_refiner(2)
-    refiner.save(str(tmp_path / "rnca"))
+    save_refiner(refiner, str(tmp_path / "rnca"))
     (tmp_path / "rnca" / "stale.txt").write_text("old")
-    refiner.save(str(tmp_path / "rnca"))
+    save_refiner(refiner, str(tmp_path / "rnca"))
     assert sorted(os.listdir(tmp_path / "rnca")) == ["refiner.safetensors", "rnca.json"]
     assert sorted(os.listdir(tmp_path)) == ["rnca"]
 
 
 def test_weights_are_never_unpickled(tmp_path):
     refiner = random_refiner(2)
-    refiner.save(str(tmp_path / "rnca"))
+    save_refiner(refiner, str(tmp_path / "rnca"))
     torch.save(refiner.model.state_dict(), tmp_path / "rnca" / "refiner.safetensors")
     with pytest.raises(InputError, match="refiner.safetensors: weights do not fit"):
-        RNCARefiner.from_folder(str(tmp_path / "rnca"))
+        read_refiner(str(tmp_path / "rnca"))
 
 
 def test_config_and_weights_must_match(tmp_path):
-    random_refiner(2).save(str(tmp_path / "rnca"))
+    save_refiner(random_refiner(2), str(tmp_path / "rnca"))
     config = json.load(open(tmp_path / "rnca" / "rnca.json"))
     config["rule"]["hidden_channels"] = 7
     json.dump(config, open(tmp_path / "rnca" / "rnca.json", "w"))
     with pytest.raises(InputError) as error:
-        RNCARefiner.from_folder(str(tmp_path / "rnca"))
+        read_refiner(str(tmp_path / "rnca"))
     assert "\n" not in str(error.value) and "copy the whole rnca/ folder" in str(error.value)
 
 
 def test_missing_folder_and_wrong_channels_are_clear(tmp_path):
     with pytest.raises(InputError, match="nnUNetv2_train_rnca"):
-        RNCARefiner.from_folder(str(tmp_path / "nothing"))
+        read_refiner(str(tmp_path / "nothing"))
     image, probabilities = random_case((1, 16, 16))
     with pytest.raises(InputError, match="channel"):
         random_refiner(2).refine(image, probabilities[:2])
@@ -101,15 +102,14 @@ def test_missing_folder_and_wrong_channels_are_clear(tmp_path):
 def test_stable_masks_stop_early():
     refiner = random_refiner(2)
     torch.nn.init.zeros_(refiner.model.update_out.weight)
-    refiner.steps = 64
+    refiner = refiner.replace(steps=64)
     image, probabilities = random_case((1, 24, 24))
     _, _, used = refiner.refine(image, probabilities)
     assert used == 16
 
 
 def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
-    refiner = random_refiner(2)
-    refiner.clean_up = CleanUp(3, 2)
+    refiner = random_refiner(2).replace(clean_up=CleanUp(3, 2))
     mask = np.zeros((2, 1, 12, 12), np.float32)
     mask[0, 0, 1:5, 1:5] = 0.9  # LV block of 16 cells with a one-cell pinhole: kept, hole filled
     mask[0, 0, 2, 2] = 0.1
@@ -122,7 +122,7 @@ def test_read_out_clean_up_changes_segmentation_and_probabilities_alike():
                                                np.concatenate([1 - mask.sum(0, keepdims=True), mask]), steps=1)
     np.testing.assert_array_equal(written, segmentation)
     np.testing.assert_array_equal(probabilities.argmax(0), segmentation, "probabilities agree with the labels")
-    refiner.clean_up = CleanUp(2, 0)
+    refiner = refiner.replace(clean_up=CleanUp(2, 0))
     assert (refiner.segment(mask, mask) == 2).sum() == 2 and refiner.segment(mask, mask)[0, 2, 2] == 0
 
 
@@ -157,15 +157,14 @@ def test_automatic_tiles_fit_the_budget_and_change_nothing(ndim, shape, budget):
         assert plan == TilePlan(3, (40, 40))
     larger = plan_tiles(batch * 2, [2 * s for s in spatial], halo, budget)
     assert larger.slices_per_chunk * np.prod([min(c + 2 * halo, 2 * s) for c, s in zip(larger.core, spatial)]) <= budget
-    refiner.max_tile_cells = budget
-    tiled, used = refiner.refine_context(context, 3, stop_when_stable=True)
+    tiled, used = refiner.replace(max_tile_cells=budget).refine_context(context, 3, stop_when_stable=True)
     assert used == 3, "tiles run the full step count"
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     assert np.array_equal(tiled > 0.5, whole > 0.5)
 
 
 @pytest.mark.parametrize("ndim, shape", [(2, (6, 48, 40)), (3, (30, 36, 40))])
-def test_only_the_reachable_region_runs_and_the_result_is_unchanged(ndim, shape):
+def test_only_the_reachable_region_runs_and_the_result_is_unchanged(ndim, shape, monkeypatch):
     """A small structure in a large case (a heart in a CT, slices without foreground): the rule runs on the box
     it can reach from its alive cells, and every cell comes out as when the whole case is run."""
     refiner = random_refiner(ndim)
@@ -176,10 +175,11 @@ def test_only_the_reachable_region_runs_and_the_result_is_unchanged(ndim, shape)
     context = np.concatenate([refiner.normalisation(image), probabilities[1:]])
     batch = np.moveaxis(context, 1, 0) if ndim == 2 else context[None]
     ran = []
-    run = refiner._run
-    refiner._run = lambda part, *args, **kwargs: ran.append(part.shape) or run(part, *args, **kwargs)
+    run = RNCARefiner._run
+    monkeypatch.setattr(RNCARefiner, "_run", lambda self, part, *args, **kwargs: ran.append(part.shape) or
+                        run(self, part, *args, **kwargs))
     cropped, _ = refiner.refine_context(context, 6, stop_when_stable=False)
-    whole, _ = run(np.ascontiguousarray(batch), 6, False)
+    whole, _ = run(refiner, np.ascontiguousarray(batch), 6, False)
     whole = np.moveaxis(whole, 0, 1) if ndim == 2 else whole[0]
     margin = refiner.model.growth_radius(6)
     expected = (2, 3, 6 + 2 * margin, 4 + 2 * margin) if ndim == 2 else (1, 3, 2 + 2 + margin, 6 + 2 * margin,
@@ -205,8 +205,7 @@ def test_a_refiner_that_keeps_the_base_loops_matches_the_base_background_regions
     base = probabilities.argmax(0)
     _, free, _ = refiner.refine(image, probabilities)
     assert loop_mismatches(free, base, True) > 0, "the rule must change loops for the test to mean anything"
-    refiner.clean_up = CleanUp(guard=0.0)
-    refined, kept, _ = refiner.refine(image, probabilities)
+    refined, kept, _ = refiner.replace(clean_up=CleanUp(guard=0.0)).refine(image, probabilities)
     assert loop_mismatches(kept, base, True) == 0
     assert (kept != base).any(), "outlines may still change"
     np.testing.assert_array_equal(refined.argmax(0), kept, "probabilities agree with the labels")
@@ -240,3 +239,26 @@ def test_the_cpu_runs_bfloat16_only_where_it_has_bfloat16_instructions(monkeypat
             monkeypatch.delattr(torch.cpu, name, raising=False)
     assert default_precision(torch.device("cpu")) == expected
     assert default_precision(torch.device("cuda")) == torch.float16
+
+
+def test_a_refiner_never_changes_and_replace_leaves_it_as_it_was():
+    """Settings are changed by making another refiner: one shared by a predictor, a search and a test stays the
+    same everywhere (the clean-up too), and a changed layout gets its own copy of the weights."""
+    from dataclasses import FrozenInstanceError
+
+    refiner = random_refiner(2)
+    with pytest.raises(AttributeError, match=r"replace\(steps=...\)"):
+        refiner.steps = 64
+    with pytest.raises(FrozenInstanceError):
+        refiner.clean_up.guard = 0.5
+    with pytest.raises(TypeError, match="settings"):
+        refiner.replace(stpes=3)
+    other = refiner.replace(clean_up=CleanUp(guard=0.0), steps=3, channels_last=not refiner.channels_last,
+                            precision="float32")
+    assert (other.steps, other.clean_up.guard, other.precision) == (3, 0.0, "float32")
+    assert (refiner.steps, refiner.clean_up) == (6, CleanUp())
+    assert other.model is not refiner.model and other.channels_last != refiner.channels_last
+    assert refiner.replace(steps=3).model is refiner.model, "same device and layout: the weights are shared"
+    image, probabilities = random_case((1, 24, 24))
+    np.testing.assert_array_equal(refiner.refine(image, probabilities)[1],
+                                  random_refiner(2).refine(image, probabilities)[1])

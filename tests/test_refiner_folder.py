@@ -7,7 +7,7 @@ import torch
 
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import folder_lock
-from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.refiner_folder import read_refiner, save_refiner
 from test_refiner import random_refiner
 
 
@@ -18,18 +18,17 @@ def test_a_reader_never_pairs_one_refiners_json_with_anothers_weights(tmp_path):
     folder = str(tmp_path / "rnca")
     refiners = []
     for steps, value in ((10, 0.1), (20, 0.2)):
-        refiner = random_refiner(2)
-        refiner.steps = steps
+        refiner = random_refiner(2).replace(steps=steps)
         for weight in refiner.model.parameters():
             torch.nn.init.constant_(weight, value)
         refiners.append(refiner)
-    refiners[0].save(folder)
-    RNCARefiner.from_folder(folder)  # imports done before the race starts
+    save_refiner(refiners[0], folder)
+    read_refiner(folder)  # imports done before the race starts
     stop, saves = threading.Event(), [0]
 
     def keep_saving():
         while not stop.is_set():
-            refiners[saves[0] % 2].save(folder)
+            save_refiner(refiners[saves[0] % 2], folder)
             saves[0] += 1
             time.sleep(0.05)  # a save every 50 ms: one load in a few overlaps one
 
@@ -38,7 +37,7 @@ def test_a_reader_never_pairs_one_refiners_json_with_anothers_weights(tmp_path):
     seen, loads = set(), 0
     try:
         while saves[0] < 20 and loads < 5000:
-            loaded = RNCARefiner.from_folder(folder, torch.device("cpu"))
+            loaded = read_refiner(folder, torch.device("cpu"))
             value = float(loaded.model.update_out.weight.detach().flatten()[0])
             assert value == pytest.approx(loaded.steps / 100), "rnca.json and weights of different refiners"
             seen.add(loaded.steps)

@@ -15,9 +15,9 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from rnca_nnunet.data import find_cv_predictions, partial_cv_note, read_model_folder
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.refiner import RNCARefiner
 
 from conftest import TEST_TRAINER, NnunetModel
+from rnca_nnunet.refiner_folder import read_refiner
 
 
 def files_of(folder) -> dict:
@@ -171,7 +171,7 @@ def test_bad_training_data_never_replaces_a_good_refiner(trained_vessel_refiner,
     npz.write_bytes(npz.read_bytes()[:100])
     assert_one_line_error(copy.run(*train, check=False), f"{npz}: not a readable nnU-Net probability file")
     assert (folder / "rnca" / "refiner.safetensors").read_bytes() == weights
-    RNCARefiner.from_folder(str(folder / "rnca"))
+    read_refiner(str(folder / "rnca"))
 
 
 def test_fold_all_is_not_training_data(trained_vessel_refiner, tmp_path):
