@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import io
 import os
 import sys
 from typing import Callable, Iterator, List, Optional
@@ -116,47 +115,17 @@ def _load_refiner(name: str, model_folder: str, device: torch.device):
     return model, refiner
 
 
-# Every option of nnUNetv2_predict that `run_prediction` passes on. An option nnU-Net adds later is refused
-# with a clear message until it is handled here, instead of being silently ignored.
-NNUNET_PREDICT_OPTIONS = frozenset({
-    "i", "o", "d", "p", "tr", "c", "f", "step_size", "disable_tta", "verbose", "save_probabilities",
-    "continue_prediction", "chk", "npp", "nps", "prev_stage_predictions", "num_parts", "part_id", "device",
-    "disable_progress_bar", "not_on_device"})
-REFINER_OPTIONS = ("refiner", "refiner_steps", "refiner_precision", "png", "gif", "save_uncertainty")
 UNCERTAINTY_HELP = ("write <case>_uncertainty.npz beside each case: per cell the share of 8 stochastic rollouts "
                     "(cells firing at random, as in training) whose label differs from the written one; 8x the "
                     "refinement time")
 
 
-class _ParserHandedOver(Exception):
-    pass
-
-
-def nnunet_predict_parser() -> argparse.ArgumentParser:
-    """nnUNetv2_predict's own parser, so every flag, abbreviation (--save_prob) and attached value (-oDIR)
-    behaves exactly as there. nnU-Net builds it inside its entry point and offers no function for it, so the
-    entry point runs up to its parse_args, which hands the parser over instead of parsing anything."""
-    from nnunetv2.inference import predict_from_raw_data
-
-    def hand_over(parser: argparse.ArgumentParser, *args, **kwargs):
-        raise _ParserHandedOver(parser)
-
-    parse_args = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = hand_over
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            predict_from_raw_data.predict_entry_point()
-    except _ParserHandedOver as handed_over:
-        return handed_over.args[0]
-    finally:
-        argparse.ArgumentParser.parse_args = parse_args
-    raise RuntimeError("nnunetv2's predict_entry_point builds no argparse parser; this nnunetv2 is not supported")
-
-
 def predict_parser() -> argparse.ArgumentParser:
-    parser = nnunet_predict_parser()
-    parser.prog = "nnUNetv2_predict_rnca"
-    parser.description = "nnUNetv2_predict with every one of its arguments, plus a refiner as the last stage."
+    from rnca_nnunet.nnunet_mirror import add_nnunet_predict_arguments
+
+    parser = argparse.ArgumentParser(prog="nnUNetv2_predict_rnca", description="nnUNetv2_predict with every one of "
+                                     "its arguments, plus a refiner as the last stage.")
+    add_nnunet_predict_arguments(parser)
     group = parser.add_argument_group("refinement (rnca-nnunet)")
     group.add_argument("--refiner", default="none",
                        help="refiner to run last: rnca (the rnca/ folder inside the model folder) or none (default: "
@@ -175,15 +144,8 @@ def predict_parser() -> argparse.ArgumentParser:
 @_friendly_errors
 def predict_entry_point(argv: Optional[List[str]] = None) -> None:
     """nnUNetv2_predict with every one of its arguments, plus --refiner NAME, --refiner_steps N, --png, --gif."""
-    parser = predict_parser()
-    args = parser.parse_args(argv)
+    args = predict_parser().parse_args(argv)
     reuse_freed_memory()
-    unhandled = sorted(a.dest for a in parser._actions
-                       if a.dest not in NNUNET_PREDICT_OPTIONS | {"help", *REFINER_OPTIONS}
-                       and getattr(args, a.dest) != a.default)
-    if unhandled:
-        raise InputError(f"nnUNetv2_predict option(s) {unhandled} are not supported by this rnca-nnunet version; "
-                         f"use nnUNetv2_predict, or update rnca-nnunet")
     if args.refiner == "none" and (args.refiner_steps is not None or args.refiner_precision or args.png or args.gif
                                    or args.save_uncertainty):
         raise InputError("--refiner_steps, --refiner_precision, --png, --gif and --save_uncertainty need a refiner; "

@@ -24,19 +24,22 @@ import torch
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
 from rnca_nnunet.data import read_image, read_model_folder
+from rnca_nnunet.nnunet_mirror import finish_prediction, preprocessed_cases
 from rnca_nnunet.predict import PictureFolders, write_pictures, write_refined_case, write_uncertainty
 from rnca_nnunet.registry import Refiner, load_refiner
 
 SOURCE = "rnca_source"  # key added to nnU-Net's preprocessed items: the raw image (array) or its files
 
 
-def _with_sources(items: Iterable[dict], sources: Sequence[Any]) -> Iterator[dict]:
-    """nnU-Net's iterators yield cases in input order; attach each case's raw input to its item."""
-    for item, source in zip(items, sources):
-        item[SOURCE] = source
+def _with_sources(items: Iterable[dict], sources: Sequence[Any], ofiles: Optional[Sequence[str]]) -> Iterator[dict]:
+    """Attach each case's raw input to its item: by its output file where it has one, so the pairing does not
+    rest on the order nnU-Net's workers hand cases back in; else (cases returned, not written) by position,
+    the order nnU-Net returns them in."""
+    by_ofile = dict(zip(ofiles, sources)) if ofiles else {}
+    for index, item in enumerate(items):
+        item[SOURCE] = by_ofile[item["ofile"]] if item.get("ofile") is not None else sources[index]
         yield item
 
 
@@ -71,25 +74,11 @@ class RNCAPredictor(nnUNetPredictor):
             return super()._internal_get_data_iterator_from_lists_of_filenames(
                 input_list_of_lists, seg_from_prev_stage_files, output_filenames_truncated, num_processes)
         if num_processes == 0:
-            items = self._sequential_items(input_list_of_lists, seg_from_prev_stage_files, output_filenames_truncated)
+            items = preprocessed_cases(self, input_list_of_lists, seg_from_prev_stage_files, output_filenames_truncated)
         else:
             items = super()._internal_get_data_iterator_from_lists_of_filenames(
                 input_list_of_lists, seg_from_prev_stage_files, output_filenames_truncated, num_processes)
-        return _with_sources(items, input_list_of_lists)
-
-    def _sequential_items(self, lists: List[List[str]], previous: Optional[List[str]],
-                          ofiles: Optional[List[str]]) -> Iterator[dict]:
-        """nnU-Net's sequential preprocessing (predict_from_files_sequential), as an iterator."""
-        preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose)
-        for index, files in enumerate(lists):
-            previous_file = previous[index] if previous else None
-            data, seg, properties = preprocessor.run_case(files, previous_file, self.plans_manager,
-                                                          self.configuration_manager, self.dataset_json)
-            if previous_file is not None:
-                one_hot = convert_labelmap_to_one_hot(seg[0], self.label_manager.foreground_labels, data.dtype)
-                data = np.vstack((data, one_hot))
-            yield {"data": torch.from_numpy(data), "data_properties": properties,
-                   "ofile": ofiles[index] if ofiles else None}
+        return _with_sources(items, input_list_of_lists, output_filenames_truncated)
 
     def get_data_iterator_from_raw_npy_data(self, image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage,
                                             properties_or_list_of_properties, truncated_ofname,
@@ -100,7 +89,8 @@ class RNCAPredictor(nnUNetPredictor):
         if self.refiner is None:
             return items
         images = image_or_list_of_images if isinstance(image_or_list_of_images, list) else [image_or_list_of_images]
-        return _with_sources(items, images)
+        ofiles = truncated_ofname if isinstance(truncated_ofname, list) else [truncated_ofname]
+        return _with_sources(items, images, ofiles if all(o is not None for o in ofiles) else None)
 
     def predict_from_files_sequential(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                                       save_probabilities: bool = False, overwrite: bool = True,
@@ -116,13 +106,15 @@ class RNCAPredictor(nnUNetPredictor):
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
         """Logits per case (nnU-Net), original-space probabilities (nnU-Net's export code, in its pool while
-        the next case is predicted), then refinement and the written files (here)."""
+        the next case is predicted), then refinement and the written files (here); see nnunet_mirror.py."""
         if self.refiner is None:
             return super().predict_from_data_iterator(data_iterator, save_probabilities,
                                                       num_processes_segmentation_export)
         if num_processes_segmentation_export == 0:
-            return [self._finish(item, self._to_original_space(item), save_probabilities)
-                    for item in self._with_logits(data_iterator)]
+            results = [self._finish(item, self._to_original_space(item), save_probabilities)
+                       for item in self._with_logits(data_iterator)]
+            finish_prediction(data_iterator, self.device)
+            return results
         results = []
         with multiprocessing.get_context("spawn").Pool(num_processes_segmentation_export) as pool:
             workers = list(pool._pool)
@@ -136,6 +128,7 @@ class RNCAPredictor(nnUNetPredictor):
             while pending:
                 done, waiting = pending.popleft()
                 results.append(self._finish(done, _wait(waiting, workers), save_probabilities))
+        finish_prediction(data_iterator, self.device)
         return results
 
     def _with_logits(self, data_iterator: Iterable[dict]) -> Iterator[dict]:
