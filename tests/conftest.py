@@ -15,7 +15,8 @@ from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
 from rnca_nnunet.experiments.synthetic import write_dataset
 
 TEST_TRAINER = "nnUNetTrainer_rncaTest"
-MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "vessel_evaluation"}
+MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "vessel_evaluation",
+                  "vessel_base_probabilities"}
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -47,9 +48,12 @@ class NnunetModel:
         with ThreadPoolExecutor(max_workers=2) as pool:
             return list(pool.map(lambda command: self.run(*command, check=False), commands))
 
-    def predict_args(self, images: str, out: str, folds: List[str]) -> List[str]:
+    def predict_args(self, images: str, out: str, folds: List[str], processes: int = 0) -> List[str]:
+        """nnUNetv2_predict's arguments; with `processes` 0 (the default here) nnU-Net and we predict without
+        worker pools, which saves the 4 s each pool takes to start; tests of the pools pass 1."""
         return ["-i", images, "-o", out, "-d", str(self.dataset_id), "-c", self.configuration, "-tr", TEST_TRAINER,
-                "-f", *folds, "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"]
+                "-f", *folds, "-device", "cpu", "--disable_progress_bar", "-npp", str(processes), "-nps",
+                str(processes)]
 
 
 def _environment(root: str) -> Dict[str, str]:
@@ -112,6 +116,16 @@ def vessel_evaluation(trained_vessel_refiner, tmp_path_factory):
                        "-pred", str(folder / "base"), "-pred_refined", str(folder / "refined"),
                        "-o", str(folder / "summary.json"), "--html", str(folder / "html"), "-images", images)
     return folder, json.load(open(folder / "summary.json")), result.stdout
+
+
+@pytest.fixture(scope="session")
+def vessel_base_probabilities(trained_vessel_refiner) -> str:
+    """nnU-Net's fold-0 predictions of the held-out cases with --save_probabilities (read it, never write)."""
+    model = trained_vessel_refiner
+    folder = os.path.join(os.path.dirname(model.env["nnUNet_raw"]), "base_probabilities")
+    model.run("nnUNetv2_predict", *model.predict_args(os.path.join(model.raw_dataset, "imagesTs"), folder, ["0"]),
+              "--save_probabilities")
+    return folder
 
 
 def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, checkpoint: int, held_out: int):

@@ -43,8 +43,8 @@ def test_refiner_folder_states_what_it_was_trained_on(trained_vessel_refiner):
 def test_prediction_without_refiner_is_byte_identical_to_nnunet(trained_vessel_refiner, tmp_path):
     model = trained_vessel_refiner
     images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "nnunet"), ["0", "1"]))
-    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "ours"), ["0", "1"]))
+    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "nnunet"), ["0", "1"], processes=1))
+    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "ours"), ["0", "1"], processes=1))
     segmentations = sorted(f for f in os.listdir(tmp_path / "nnunet") if f.endswith(".nii.gz"))
     assert len(segmentations) == 3
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "nnunet", tmp_path / "ours", segmentations, shallow=False)
@@ -56,7 +56,7 @@ def test_prediction_with_refiner_writes_what_the_refiner_produced(trained_vessel
     images = os.path.join(model.raw_dataset, "imagesTs")
     base, refined = tmp_path / "base", tmp_path / "refined"
     model.run("nnUNetv2_predict", *model.predict_args(images, str(base), ["0", "1"]), "--save_probabilities")
-    result = model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(refined), ["0", "1"]),
+    result = model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(refined), ["0", "1"], processes=1),
                        "--refiner", "rnca", "--save_probabilities", "--png", str(tmp_path / "png"),
                        "--gif", str(tmp_path / "gif"))
     assert "refined vessels2d_ts_000" in result.stdout
@@ -76,23 +76,21 @@ def test_prediction_with_refiner_writes_what_the_refiner_produced(trained_vessel
         assert (refined / f"{case}.pkl").is_file()
 
 
-def test_refine_folder_of_saved_probabilities(trained_vessel_refiner, tmp_path):
+def test_refine_folder_of_saved_probabilities(trained_vessel_refiner, vessel_base_probabilities, tmp_path):
     model = trained_vessel_refiner
     images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "base"), ["0"]), "--save_probabilities")
-    model.run("nnUNetv2_refine_rnca", "-i", str(tmp_path / "base"), "-images", images, "-o", str(tmp_path / "out"),
+    model.run("nnUNetv2_refine_rnca", "-i", vessel_base_probabilities, "-images", images, "-o", str(tmp_path / "out"),
               "-m", model.model_folder, "-device", "cpu")
     assert sorted(os.listdir(tmp_path / "out")) == [f"vessels2d_ts_00{i}.nii.gz" for i in range(3)]
 
 
-def test_dropped_in_refiner_is_found_warned_or_refused(trained_vessel_refiner, tmp_path):
+def test_dropped_in_refiner_is_found_warned_or_refused(trained_vessel_refiner, vessel_base_probabilities, tmp_path):
     model = trained_vessel_refiner
     images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "base"), ["0"]), "--save_probabilities")
     other = tmp_path / "Dataset903_Other" / f"{TEST_TRAINER}__nnUNetPlans__2d"
     shutil.copytree(model.model_folder, other, ignore=shutil.ignore_patterns("rnca", "fold_*"))
     shutil.copytree(os.path.join(model.model_folder, "rnca"), other / "rnca")
-    refine = ["nnUNetv2_refine_rnca", "-i", str(tmp_path / "base"), "-images", images, "-m", str(other),
+    refine = ["nnUNetv2_refine_rnca", "-i", vessel_base_probabilities, "-images", images, "-m", str(other),
               "-device", "cpu"]
     zero_shot = model.run(*refine, "-o", str(tmp_path / "zero_shot"))
     assert "zero-shot" in zero_shot.stderr

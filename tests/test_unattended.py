@@ -32,7 +32,7 @@ def test_parts_running_at_once_write_what_one_run_writes(trained_vessel_refiner,
               "--save_probabilities")
     parts = []
     for part in ("0", "1"):
-        args = model.predict_args(images, "unused", ["0"])
+        args = model.predict_args(images, "unused", ["0"], processes=1)  # nnU-Net ignores parts without pools
         args[args.index("-o"):args.index("-o") + 2] = [f"-o{tmp_path / 'parts'}"]  # attached value, as argparse allows
         parts.append(subprocess.Popen(["nnUNetv2_predict_rnca", *args, "-num_parts", "2", "-part_id", part,
                                        "--refiner", "rnca", "--save_prob"],  # an abbreviation nnU-Net accepts
@@ -123,11 +123,12 @@ class WritesAFile:
         return open, (self.path, "w")
 
 
-def test_refining_a_folder_never_unpickles_and_never_overwrites_its_input(trained_vessel_refiner, tmp_path):
+def test_refining_a_folder_never_unpickles_and_never_overwrites_its_input(trained_vessel_refiner,
+                                                                          vessel_base_probabilities, tmp_path):
     model = trained_vessel_refiner
     images = os.path.join(model.raw_dataset, "imagesTs")
     base = tmp_path / "base"
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(base), ["0"]), "--save_probabilities")
+    shutil.copytree(vessel_base_probabilities, base)
     marker = tmp_path / "unpickled"
     crafted = pickle.dumps(WritesAFile(str(marker)))
     (base / "vessels2d_ts_001.pkl").write_bytes(crafted)
