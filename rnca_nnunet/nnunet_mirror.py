@@ -5,7 +5,8 @@ the installed nnunetv2, and CI runs it against the oldest and the newest release
 release that changes one fails CI instead of drifting silently.
 
 - `add_nnunet_predict_arguments`: the arguments of `nnunetv2.inference.predict_from_raw_data
-  .predict_entry_point` (nnUNetv2_predict), which builds its parser inside the entry point.
+  .predict_entry_point` (nnUNetv2_predict), which builds its parser inside the entry point, with the
+  environment defaults of its `_getDefaultValue`.
 - `preprocessed_cases`: the preprocessing loop of `nnUNetPredictor.predict_from_files_sequential`, as an
   iterator, so sequential prediction goes through the same export as the multi-process one.
 - `RNCAPredictor.predict_from_data_iterator` (predictor.py) follows nnU-Net's method of that name: logits on
@@ -30,9 +31,12 @@ NNUNET_RELEASES_MIRRORED = ("2.8.0", "2.8.1")
 
 
 def _environment_default(name: str, default: int) -> int:
-    """nnU-Net's `_getDefaultValue`: a process count from the environment, else `default`."""
-    value = os.environ.get(name)
-    return int(value) if value is not None else default
+    """nnU-Net's `_getDefaultValue`: a process count from the environment; unset, empty or not a whole number:
+    `default` (as nnU-Net, which ignores a bad value; prediction_checks refuses negative counts)."""
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
 
 
 def add_nnunet_predict_arguments(parser: argparse.ArgumentParser) -> None:

@@ -67,6 +67,7 @@ class RNCARefiner:
         set_("clean_up", clean_up or CleanUp())
         set_("transpose_forward", tuple(transpose_forward))
         set_("max_tile_cells", max_tile_cells)
+        set_("asked", {"precision": precision, "channels_last": channels_last})  # None: the device's default
         dtype = precision_for(precision, self.device)
         set_("precision", next(name for name, value in PRECISIONS.items() if value == dtype))
         set_("autocast_dtype", dtype)  # of the rule's convolutions; None: float32
@@ -79,15 +80,17 @@ class RNCARefiner:
                              f"{name}")
 
     def replace(self, **changes: Any) -> "RNCARefiner":
-        """A refiner like this one but for `changes` (any of SETTINGS). The rule's weights are shared where device
-        and layout stay, else copied, so this refiner is never touched."""
+        """A refiner like this one but for `changes` (any of SETTINGS); precision and layout left to the device's
+        defaults stay so, so a refiner moved to CUDA gets CUDA's. The rule's weights are shared where device and
+        layout stay, else copied, so this refiner is never touched."""
         unknown = sorted(set(changes) - set(SETTINGS))
         if unknown:
             raise TypeError(f"replace() got {unknown}; a refiner's settings are {SETTINGS}")
-        settings = {name: getattr(self, name) for name in SETTINGS}
+        settings = {name: self.asked[name] if name in self.asked else getattr(self, name) for name in SETTINGS}
         settings.update(changes)
-        moved = check_device(settings["device"]) != self.device or (
-            settings["channels_last"] is not None and settings["channels_last"] != self.channels_last)
+        device = check_device(settings["device"])
+        channels_last = default_channels_last(device) if settings["channels_last"] is None else settings["channels_last"]
+        moved = device != self.device or channels_last != self.channels_last
         if moved and settings["model"] is self.model:
             settings["model"] = copy.deepcopy(self.model)
         return RNCARefiner(**settings)

@@ -19,6 +19,8 @@ MIRRORED_SOURCES = {
         (nnUNetPredictor.predict_from_files_sequential, "5a962370493dc0ec"),
     "nnUNetPredictor.predict_from_data_iterator":
         (nnUNetPredictor.predict_from_data_iterator, "aa3d39686c5c558f"),
+    "predict_from_raw_data._getDefaultValue":
+        (predict_from_raw_data._getDefaultValue, "fe242ced43fa4b10"),
 }
 
 
@@ -30,10 +32,9 @@ def nnunet_predict_parser(monkeypatch) -> argparse.ArgumentParser:
     def hand_over(parser, *args, **kwargs):
         raise HandedOver(parser)
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", hand_over)
-    with pytest.raises(HandedOver) as handed_over:
+    with monkeypatch.context() as patched, pytest.raises(HandedOver) as handed_over:
+        patched.setattr(argparse.ArgumentParser, "parse_args", hand_over)
         predict_from_raw_data.predict_entry_point()
-    monkeypatch.undo()
     return handed_over.value.args[0]
 
 
@@ -44,7 +45,12 @@ def described(parser: argparse.ArgumentParser) -> dict:
             for action in parser._actions}
 
 
-def test_the_predict_arguments_are_nnunets_own(monkeypatch, capsys):
+@pytest.mark.parametrize("npp", [None, "", "5", "three"])
+def test_the_predict_arguments_are_nnunets_own(monkeypatch, capsys, npp):
+    """Every argument as nnU-Net's, its process-count defaults from the environment included (unset, empty,
+    set, not a number)."""
+    if npp is not None:
+        monkeypatch.setenv("nnUNet_npp", npp)
     ours = argparse.ArgumentParser()
     add_nnunet_predict_arguments(ours)
     theirs = nnunet_predict_parser(monkeypatch)

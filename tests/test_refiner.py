@@ -259,6 +259,19 @@ def test_a_refiner_never_changes_and_replace_leaves_it_as_it_was():
     assert (refiner.steps, refiner.clean_up) == (6, CleanUp())
     assert other.model is not refiner.model and other.channels_last != refiner.channels_last
     assert refiner.replace(steps=3).model is refiner.model, "same device and layout: the weights are shared"
+    assert other.replace(steps=4).precision == "float32", "a precision asked for stays asked for"
     image, probabilities = random_case((1, 24, 24))
     np.testing.assert_array_equal(refiner.refine(image, probabilities)[1],
                                   random_refiner(2).refine(image, probabilities)[1])
+
+
+def test_replace_leaves_the_device_defaults_to_the_device(monkeypatch):
+    """A precision or layout nobody asked for is the device's default in the new refiner too (moved to CUDA it
+    gets CUDA's, not the CPU's); one asked for is kept. Here the default changes under the refiner instead."""
+    import rnca_nnunet.refiner as refiner_module
+
+    defaulted, asked = random_refiner(2), random_refiner(2).replace(channels_last=True)
+    assert defaulted.channels_last and asked.channels_last, "the CPU's default is channels-last"
+    monkeypatch.setattr(refiner_module, "default_channels_last", lambda device: False)
+    assert not defaulted.replace(steps=3).channels_last
+    assert asked.replace(steps=3).channels_last
