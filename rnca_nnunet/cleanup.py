@@ -288,6 +288,13 @@ def _keep_binary_topology(out: np.ndarray, base: np.ndarray, guard: _Guard) -> n
             return out
 
 
+def rewritten_share(segmentation: np.ndarray, base: np.ndarray) -> float:
+    """The share of the structure (cells foreground in `base` or `segmentation`) whose label differs: how much
+    of nnU-Net's mask the rule rewrote."""
+    structure = (segmentation > 0) | (base > 0)
+    return float(np.count_nonzero((segmentation != base) & structure) / max(np.count_nonzero(structure), 1))
+
+
 MAX_SIZE = 2 ** 31  # cells: larger than any case nnU-Net reads, so a larger size is an edit, not a choice
 MAX_RADIUS = 1024.0  # cells; the read-out never searches beyond 3
 
@@ -301,12 +308,15 @@ class CleanUp:
     of its label (`keep_base_topology`; 0: all of them); the guard comes after the sizes so that nothing
     breaks what it kept (pieces of a join it cut are not specks to drop). Last, every cell that has or had one
     of `unrefined_labels` takes the base's label (classes the refinement did not help on held-out cases).
-    Zeros and empties change nothing."""
+    Before that, with `fall_back_above` (None: off), a case whose base structure the rule rewrote more than
+    that share of (`rewritten_share`) gets the sizes alone on the base instead: the rule is out of its depth
+    there (out_of_depth.py). Zeros and empties change nothing."""
     min_component_size: int = 0
     min_hole_size: int = 0
     max_hole_radius: float = 0.0
     guard: Optional[float] = None
     unrefined_labels: Tuple[int, ...] = ()
+    fall_back_above: Optional[float] = None
 
     @classmethod
     def from_config(cls, config: dict) -> "CleanUp":
@@ -326,38 +336,60 @@ class CleanUp:
         if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float))
                                   or not 0 <= guard <= 1):
             raise TypeError(f"guard must be null or a confidence from 0 to 1, got {guard!r}")
+        limit = values["fall_back_above"]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1):
+            raise TypeError(f"fall_back_above must be null or a share from 0 to 1, got {limit!r}")
         labels = values["unrefined_labels"]
         if not isinstance(labels, (list, tuple)) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in labels):
             raise TypeError(f"unrefined_labels must be a list of label values from 1 to 65535, got {labels!r}")
         return cls(values["min_component_size"], values["min_hole_size"], float(radius),
-                   None if guard is None else float(guard), tuple(labels))
+                   None if guard is None else float(guard), tuple(labels), None if limit is None else float(limit))
 
     @property
     def needs_base(self) -> bool:
         """Whether `__call__` needs the base label map (and the base's confidence)."""
-        return self.guard is not None or bool(self.unrefined_labels)
+        return self.guard is not None or bool(self.unrefined_labels) or self.fall_back_above is not None
+
+    @property
+    def sizes(self) -> "CleanUp":
+        """The sizes alone: the clean-up-alone baseline, and what a case out of the rule's depth gets."""
+        return CleanUp(self.min_component_size, self.min_hole_size, self.max_hole_radius)
 
     def __call__(self, segmentation: np.ndarray, per_slice: bool, base: Optional[np.ndarray] = None,
                  confidence: Optional[np.ndarray] = None) -> np.ndarray:
         """Clean a (Z, Y, X) label map refined from the label map `base`, whose cells the base was `confidence`
         sure of (see `state.base_confidence`; both needed when `needs_base`); holes per slice when `per_slice`
         (a 2D rule)."""
+        return self.apply(segmentation, per_slice, base, confidence)[0]
+
+    def apply(self, segmentation: np.ndarray, per_slice: bool, base: Optional[np.ndarray] = None,
+              confidence: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[float], bool]:
+        """`__call__`'s label map, the share of the base's structure the rule rewrote (None unless
+        `fall_back_above` is set) and whether that share made the case fall back to the sizes alone."""
         if self.needs_base and base is None:
-            raise ValueError("the guard and unrefined labels need the base label map the rule refined")
+            raise ValueError("the guard, the fall-back and unrefined labels need the base label map the rule refined")
         if self.min_component_size > 1 or self.min_hole_size > 1 or self.max_hole_radius > 0:
             labels = [int(v) for v in np.unique(segmentation) if v > 0]
             segmentation = fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
                                       self.min_hole_size, self.max_hole_radius, per_slice)
         if self.guard is not None:
             segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
+        rewritten, fell_back = None, False
+        if self.fall_back_above is not None:
+            rewritten = rewritten_share(segmentation, base)
+            fell_back = rewritten > self.fall_back_above
+            if fell_back:
+                segmentation = self.sizes(base, per_slice)
         if self.unrefined_labels:
             kept = np.isin(base, self.unrefined_labels) | np.isin(segmentation, self.unrefined_labels)
             segmentation = np.where(kept, base, segmentation)
-        return segmentation
+        return segmentation, rewritten, fell_back
 
     def __str__(self) -> str:
         return (f"specks < {self.min_component_size}, holes < {self.min_hole_size}"
                 + (f" or radius <= {self.max_hole_radius:g}" if self.max_hole_radius > 0 else "")
                 + ("" if self.guard is None else f", base topology kept where the base was >= {self.guard:g} sure")
-                + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else ""))
+                + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else "")
+                + ("" if self.fall_back_above is None else
+                   f", the sizes alone where the rule rewrote > {100 * self.fall_back_above:.1f}% of the structure"))

@@ -38,6 +38,7 @@ class TrainConfig:
     holdout_by_errors: bool = False
     keep_base_loops: bool = False
     guard_search: bool = True  # choose the guard and the classes to refine on the held-out cases (readout.choose_guard)
+    fall_back: bool = True  # the clean-up alone on cases the rule rewrites beyond the held-out ones (out_of_depth.py)
     seed: int = 0
 
 

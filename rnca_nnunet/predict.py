@@ -12,7 +12,7 @@ import glob
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_pickle
@@ -47,6 +47,17 @@ def write_pictures(folders: PictureFolders, case: str, refiner: Refiner, image: 
         z = representative_slice(base, segmentation)
         frames = refiner.evolution(image, probabilities, z, steps)
         write_evolution(join(folders.gif, case + ".gif"), channel[z], frames, segmentation[z])
+
+
+def refine_and_report(refiner: Refiner, image: np.ndarray, probabilities: np.ndarray,
+                      steps: Optional[int]) -> Tuple[np.ndarray, np.ndarray, int, str]:
+    """`refine`'s outputs and the case's log text: with an rNCA, how much of nnU-Net's structure the rule
+    rewrote and whether the case fell back to the clean-up alone (other refiners: the steps)."""
+    if hasattr(refiner, "refine_case"):
+        case = refiner.refine_case(image, probabilities, steps)
+        return case.probabilities, case.segmentation, case.steps, str(case)
+    refined, segmentation, used = refiner.refine(image, probabilities, steps)
+    return refined, segmentation, used, f"{used} steps"
 
 
 def write_uncertainty(refiner: Refiner, output_file_truncated: str, image: np.ndarray, probabilities: np.ndarray,
@@ -89,14 +100,14 @@ def refine_case(refiner: Refiner, model: ModelFolder, npz_path: str, images_fold
     case = os.path.basename(npz_path)[:-4]
     image, properties = read_image(model.reader_writer, image_files(images_folder, case, model.file_ending))
     probabilities = read_probabilities(npz_path, image.shape[1:])
-    refined, segmentation, used = refiner.refine(image, probabilities, steps)
+    refined, segmentation, used, report = refine_and_report(refiner, image, probabilities, steps)
     base = model.semantics.manager.convert_probabilities_to_segmentation(probabilities)
     write_pictures(pictures, case, refiner, image, probabilities, np.asarray(base), segmentation, used)
     pkl = npz_path[:-4] + ".pkl"
     if save_probabilities and not isfile(pkl):
         raise InputError(f"{pkl} not found: nnU-Net writes it beside the .npz; re-export with --save_probabilities "
                          f"or drop --save_probabilities")
-    line = f"refined {case}: {used} steps"
+    line = f"refined {case}: {report}"
     if save_uncertainty:
         line += "; " + write_uncertainty(refiner, join(out_folder, case), image, probabilities, segmentation, used)
     write_refined_case(model.reader_writer, join(out_folder, case), model.file_ending, segmentation, properties,

@@ -27,7 +27,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from rnca_nnunet.data import read_image, read_model_folder
 from rnca_nnunet.nnunet_mirror import finish_prediction, preprocessed_cases
-from rnca_nnunet.predict import PictureFolders, write_pictures, write_refined_case, write_uncertainty
+from rnca_nnunet.predict import PictureFolders, refine_and_report, write_pictures, write_refined_case, write_uncertainty
 from rnca_nnunet.registry import Refiner, load_refiner
 
 SOURCE = "rnca_source"  # key added to nnU-Net's preprocessed items: the raw image (array) or its files
@@ -160,12 +160,12 @@ class RNCAPredictor(nnUNetPredictor):
         """Refine one case (nnU-Net's segmentation and probabilities in original space); write it like nnU-Net
         when `ofile` is given, else return what nnU-Net returns."""
         base, probabilities = converted
-        refined, segmentation, steps = self.refiner.refine(image, probabilities, self.refiner_steps)
+        refined, segmentation, steps, report = refine_and_report(self.refiner, image, probabilities, self.refiner_steps)
         if ofile is None:
             return (segmentation, refined) if save_probabilities else segmentation
         case = os.path.basename(ofile)
         write_pictures(self.pictures, case, self.refiner, image, probabilities, base, segmentation, steps)
-        line = f"refined {case}: {steps} steps"
+        line = f"refined {case}: {report}"
         if self.save_uncertainty:
             line += "; " + write_uncertainty(self.refiner, ofile, image, probabilities, segmentation, steps)
         write_refined_case(self.plans_manager.image_reader_writer_class(), ofile, self.dataset_json["file_ending"],

@@ -47,6 +47,24 @@ class Instability:
                 f"{100 * self.topology:.0f}% of the stochastic runs")
 
 
+@dataclass(frozen=True)
+class RefinedCase:
+    """One refined case: probabilities (C, Z, Y, X), labels (Z, Y, X), steps run; `rewritten` the share of
+    nnU-Net's structure the rule changed (None without a fall-back limit), `fell_back` whether that share was
+    beyond the limit, so the labels are the clean-up alone of nnU-Net's mask."""
+    probabilities: np.ndarray
+    segmentation: np.ndarray
+    steps: int
+    rewritten: Optional[float] = None
+    fell_back: bool = False
+
+    def __str__(self) -> str:
+        if self.rewritten is None:
+            return f"{self.steps} steps"
+        line = f"{self.steps} steps, rewrote {100 * self.rewritten:.1f}% of nnU-Net's structure"
+        return line + "; beyond the rule's depth: wrote the clean-up alone" if self.fell_back else line
+
+
 class RNCARefiner:
     """Refines nnU-Net probabilities of one case: `refine(image, probabilities)`.
 
@@ -118,7 +136,15 @@ class RNCARefiner:
     # ---------------------------------------------------------------- refinement
     def refine(self, image: np.ndarray, probabilities: np.ndarray, steps: Optional[int] = None,
                stop_when_stable: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
-        """Raw image (I, Z, Y, X) + nnU-Net probabilities (C, Z, Y, X) -> (probabilities, segmentation, steps).
+        """Raw image (I, Z, Y, X) + nnU-Net probabilities (C, Z, Y, X) -> (probabilities, segmentation, steps);
+        `refine_case` says also whether the case fell back to the clean-up alone."""
+        case = self.refine_case(image, probabilities, steps, stop_when_stable)
+        return case.probabilities, case.segmentation, case.steps
+
+    def refine_case(self, image: np.ndarray, probabilities: np.ndarray, steps: Optional[int] = None,
+                    stop_when_stable: bool = True) -> RefinedCase:
+        """`refine`'s outputs, how much of nnU-Net's structure the rule rewrote and whether that was beyond the
+        read-out's fall-back limit (then the clean-up alone of nnU-Net's mask is written).
 
         Runs `steps` updates, or fewer when the mask has stopped changing. The rule works in nnU-Net's axis
         order (`transpose_forward`), so a 2D rule slices a volume along the axis nnU-Net's 2d configuration
@@ -138,7 +164,8 @@ class RNCARefiner:
             base_probabilities = self.to_rule_axes(probabilities)
             base = segmentation_from_probabilities(base_probabilities, self.semantics)
             confidence = base_confidence(base_probabilities, self.semantics)
-        return refined, self.from_rule_axes(self.read_out(rule_axes, base, confidence)), used
+        segmentation, rewritten, fell_back = self.read_out(rule_axes, base, confidence)
+        return RefinedCase(refined, self.from_rule_axes(segmentation), used, rewritten, fell_back)
 
     def check_steps(self, steps: object) -> int:
         """A step count asked for (--refiner_steps, or `refine`'s `steps`), bounded by the trained one."""
@@ -195,17 +222,19 @@ class RNCARefiner:
         return self.clean_up(segmentation, self.model.shape.ndim == 2, base, confidence)
 
     def read_out(self, probabilities: np.ndarray, base: Optional[np.ndarray] = None,
-                 confidence: Optional[np.ndarray] = None) -> np.ndarray:
+                 confidence: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[float], bool]:
         """In place: probabilities (C, Z, Y, X) whose last K channels hold the rule's mask are completed
-        (`complete_probabilities`) and made to agree with `clean_segmentation`'s labels; returns those labels."""
+        (`complete_probabilities`) and made to agree with the clean-up's labels; returns those labels, the
+        share rewritten and whether the case fell back (`CleanUp.apply`)."""
         complete_probabilities(probabilities, self.semantics)
         segmentation = segmentation_from_probabilities(probabilities, self.semantics)
-        cleaned = self.clean_segmentation(segmentation, base, confidence)
+        cleaned, rewritten, fell_back = self.clean_up.apply(segmentation, self.model.shape.ndim == 2, base,
+                                                            confidence)
         if cleaned is not segmentation:
             changed = cleaned != segmentation
             probabilities[:, changed] = probabilities_from_mask(target_from_label(cleaned[changed], self.semantics)[0],
                                                                 self.semantics)
-        return cleaned
+        return cleaned, rewritten, fell_back
 
     def segment(self, mask: np.ndarray, base_mask: np.ndarray) -> np.ndarray:
         """Refined mask channels, and the base's mask channels they were refined from -> the label map that

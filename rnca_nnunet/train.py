@@ -25,6 +25,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.loss import refinement_loss
 from rnca_nnunet.loss_weights import loss_weights
 from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.out_of_depth import with_fall_back
 from rnca_nnunet.readout import choose_guard, choose_read_out, harm_summary
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import PatchSampler
@@ -155,6 +156,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
         else:
             final = validate(refiner, val_cases, best.iteration)
         final.iteration = best.iteration
+        if config.fall_back:
+            refiner = with_fall_back(refiner, val_cases, log)
         log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
             f"{summary_line(final)}; {harm_summary(final)}")
     return refiner, TrainingRecord(losses, validations, final)

@@ -1,0 +1,50 @@
+"""When the rule is out of its depth: a case it rewrites far more than any case it was checked on.
+
+On images unlike its training cases (shadows, occluders, another stain) the rule can redraw large parts of
+nnU-Net's mask, and there its learned part stops paying while the clean-up alone still does. How much of
+nnU-Net's structure the rule rewrote (`cleanup.rewritten_share`) costs nothing to measure, and on the held-out
+CV cases it has a ceiling; a case rewritten more than `FACTOR` times that ceiling gets the clean-up alone
+(`CleanUp.fall_back_above`, kept in rnca.json). With FACTOR above 1 no held-out case falls back, so the
+held-out figures the refiner was chosen on stay as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, List, Sequence
+
+import numpy as np
+
+from rnca_nnunet.cleanup import rewritten_share
+from rnca_nnunet.data import TrainingCase
+from rnca_nnunet.refiner import RNCARefiner
+from rnca_nnunet.state import base_confidence, probabilities_from_mask, segmentation_from_probabilities
+from rnca_nnunet.validation import refine_cases
+
+# chosen on TopoMortar's shifted test groups (shadows, occlusion; benchmarks/TOPOMORTAR_SHIFT.md), never on a
+# case the refiner trains or is checked on
+FACTOR = 1.5
+
+
+def held_out_shares(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> List[float]:
+    """The share of each case's base structure the refiner (with its read-out, without a fall-back) rewrote."""
+    clean_up, shares = refiner.clean_up, []
+    per_slice = refiner.model.shape.ndim == 2
+    for case, (raw, _) in zip(cases, refine_cases(refiner, cases)):
+        base_probabilities = probabilities_from_mask(np.asarray(case.mask), refiner.semantics)
+        base = segmentation_from_probabilities(base_probabilities, refiner.semantics)
+        cleaned, _, _ = clean_up.apply(np.load(raw) if isinstance(raw, str) else raw, per_slice, base,
+                                       base_confidence(base_probabilities, refiner.semantics))
+        shares.append(rewritten_share(cleaned, base))
+    return shares
+
+
+def with_fall_back(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None]) -> RNCARefiner:
+    """The refiner with its fall-back limit set from the held-out `cases` (none without cases)."""
+    if not cases:
+        return refiner
+    shares = held_out_shares(refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=None)), cases)
+    limit = min(1.0, FACTOR * max(shares))
+    log(f"fall-back: the rule rewrote {100 * min(shares):.1f}-{100 * max(shares):.1f}% of nnU-Net's structure on "
+        f"the {len(cases)} held-out cases; a case rewritten more than {100 * limit:.1f}% ({FACTOR:g}x the most) "
+        f"gets the clean-up alone")
+    return refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=limit))

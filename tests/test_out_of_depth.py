@@ -1,0 +1,71 @@
+"""The fall-back: a case the rule rewrites beyond what it did on held-out cases gets the clean-up alone."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from rnca_nnunet.cleanup import CleanUp, rewritten_share
+from rnca_nnunet.errors import InputError
+from rnca_nnunet.refiner_folder import read_refiner, save_refiner
+from rnca_nnunet.state import segmentation_from_probabilities
+from test_refiner import random_case, random_refiner
+
+
+def bars():
+    """(1, Y, X): three bars of label 1 and a speck the clean-up drops."""
+    base = np.zeros((1, 40, 40), np.uint8)
+    base[0, 5:10, 2:38] = base[0, 18:23, 2:38] = base[0, 30:35, 2:38] = 1
+    base[0, 14, 20] = 1
+    return base
+
+
+def test_a_case_rewritten_beyond_the_limit_gets_the_sizes_alone_and_one_within_it_the_rule():
+    base = bars()
+    slightly = base.copy()
+    slightly[0, 5:10, 2:6] = 0  # 20 of 541 structure cells: 3.7%
+    heavily = base.copy()
+    heavily[0, 18:35, 2:38] = 1  # two bars joined into one block
+    clean_up = CleanUp(min_component_size=4, fall_back_above=0.2)
+    assert rewritten_share(slightly, base) == pytest.approx(20 / 541)
+    kept, share, fell_back = clean_up.apply(slightly, True, base, None)
+    assert not fell_back and share == pytest.approx(21 / 541), "the read-out's own speck removal counts too"
+    np.testing.assert_array_equal(kept, CleanUp(min_component_size=4)(slightly, True))
+    written, share, fell_back = clean_up.apply(heavily, True, base, None)
+    assert fell_back and share > 0.2
+    np.testing.assert_array_equal(written, CleanUp(min_component_size=4)(base, True))
+    assert written[0, 14, 20] == 0 and written[0, 25, 20] == 0, "the sizes alone: speck dropped, bars apart"
+    np.testing.assert_array_equal(CleanUp(min_component_size=4)(heavily, True), clean_up.sizes(heavily, True))
+    assert clean_up.apply(heavily, True, base, None)[0].sum() < CleanUp(min_component_size=4)(heavily, True).sum()
+
+
+def test_the_refiner_writes_the_clean_up_alone_where_it_rewrote_too_much_and_says_so():
+    refiner = random_refiner(2)
+    image, probabilities = random_case((1, 32, 32))
+    free = refiner.refine_case(image, probabilities)
+    base = segmentation_from_probabilities(probabilities, refiner.semantics)
+    share = rewritten_share(free.segmentation, base)
+    assert share > 0.05, "the rule must rewrite something for the test to mean anything"
+    limited = refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=share / 2))
+    case = limited.refine_case(image, probabilities)
+    assert case.fell_back and case.rewritten == pytest.approx(share)
+    np.testing.assert_array_equal(case.segmentation, limited.clean_up.sizes(base, True))
+    assert np.array_equal(case.probabilities.argmax(0), case.segmentation)
+    assert "wrote the clean-up alone" in str(case) and "rewrote" in str(case)
+    within = refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=min(1.0, share * 2)))
+    case = within.refine_case(image, probabilities)
+    assert not case.fell_back
+    np.testing.assert_array_equal(case.segmentation, free.segmentation)
+    assert free.rewritten is None and str(free) == f"{free.steps} steps"
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "0.3", True])
+def test_an_impossible_fall_back_limit_in_rnca_json_is_one_line(tmp_path, value):
+    save_refiner(random_refiner(2), str(tmp_path / "rnca"))
+    config_file = tmp_path / "rnca" / "rnca.json"
+    config = json.loads(config_file.read_text())
+    config["fall_back_above"] = value
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(InputError, match="fall_back_above"):
+        read_refiner(str(tmp_path / "rnca"), torch.device("cpu"))
