@@ -5,7 +5,8 @@ nnU-Net's mask, and there its learned part stops paying while the clean-up alone
 nnU-Net's structure the rule rewrote (`cleanup.rewritten_share`) costs nothing to measure, and on the held-out
 CV cases it has a ceiling; a case rewritten more than `FACTOR` times that ceiling gets the clean-up alone
 (`CleanUp.fall_back_above`, kept in rnca.json). With FACTOR above 1 no held-out case falls back, so the
-held-out figures the refiner was chosen on stay as they are.
+held-out figures the refiner was chosen on stay as they are. Off unless a preset asks (`"fall_back": true`):
+a ceiling taken from a handful of held-out cases is not a safe bound (docs/do-no-harm.md).
 """
 from __future__ import annotations
 

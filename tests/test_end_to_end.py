@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import re
 import shutil
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from rnca_nnunet.data import read_model_folder
-from rnca_nnunet.out_of_depth import FACTOR
 from rnca_nnunet.refiner_folder import read_refiner
 
 from conftest import TEST_TRAINER
@@ -35,10 +33,7 @@ def test_refiner_folder_states_what_it_was_trained_on(trained_vessel_refiner):
     assert decision["refined"] == (config["unrefined_labels"] == []), "rnca.json and validation.json agree"
     assert "guard" in config and decision["intact_before"] + decision["broken_before"] == len(validation["per_case"])
     log = open(os.path.join(folder, "training_log.txt")).read()
-    shares = re.search(r"fall-back: the rule rewrote ([\d.]+)-([\d.]+)% .* rewritten more than ([\d.]+)%", log)
-    assert shares, "the fall-back limit is chosen on the held-out cases and logged"
-    assert config["fall_back_above"] == pytest.approx(min(1.0, FACTOR * float(shares.group(2)) / 100), abs=1e-3)
-    assert float(shares.group(3)) == pytest.approx(100 * config["fall_back_above"], abs=0.05)
+    assert config["fall_back_above"] is None and "fall-back:" not in log, "the fall-back is off unless asked for"
     assert "CV predictions of 4 of the 10 training cases only" in log, "folds 0 and 1 of 5 were trained"
     assert f"nnUNetv2_train {config['trained_on']['dataset']} 2d 2 -tr {TEST_TRAINER}" in log
     assert " 2d 1 -tr" not in log, "a fold with CV predictions is not asked for again"

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from rnca_nnunet.cleanup import CleanUp, rewritten_share
+from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.errors import InputError
+from rnca_nnunet.out_of_depth import FACTOR, held_out_shares, with_fall_back
 from rnca_nnunet.refiner_folder import read_refiner, save_refiner
 from rnca_nnunet.state import segmentation_from_probabilities
 from test_refiner import random_case, random_refiner
@@ -69,3 +71,21 @@ def test_an_impossible_fall_back_limit_in_rnca_json_is_one_line(tmp_path, value)
     config_file.write_text(json.dumps(config))
     with pytest.raises(InputError, match="fall_back_above"):
         read_refiner(str(tmp_path / "rnca"), torch.device("cpu"))
+
+
+def test_the_limit_is_set_above_every_held_out_case_so_none_of_them_falls_back():
+    refiner = random_refiner(2)
+    raw = [random_case((1, 24, 24), seed) for seed in range(3)]
+    cases = [TrainingCase(f"case{seed}", refiner.normalisation(image), probabilities[1:], probabilities[1:] > 0.5,
+                          np.ones((1, 24, 24), np.float32), (1.0, 1.0, 1.0))
+             for seed, (image, probabilities) in enumerate(raw)]
+    lines = []
+    limited = with_fall_back(refiner, cases, lines.append)
+    shares = held_out_shares(refiner, cases)
+    assert min(shares) > 0, "the rule must rewrite something for the test to mean anything"
+    assert limited.clean_up.fall_back_above == pytest.approx(min(1.0, FACTOR * max(shares)))
+    assert "the 3 held-out cases" in lines[0] and f"{100 * max(shares):.1f}%" in lines[0]
+    assert with_fall_back(refiner, [], lines.append) is refiner
+    for (image, probabilities), share in zip(raw, shares):
+        case = limited.refine_case(image, probabilities)
+        assert not case.fell_back and case.rewritten == pytest.approx(share), "as the predictor refines it"
