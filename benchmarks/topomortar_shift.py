@@ -100,12 +100,19 @@ def held_out_walls(model_path: str, raw: str, out: str) -> Tuple[str, str]:
     return base, labels
 
 
-def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str) -> str:
-    """The model folder whose rnca/ was trained with `seed`: the benchmark's own for the preset's seed, else a
-    copy (links to nnU-Net's files and CV folds) with a refiner trained there as nnUNetv2_train_rnca trains it."""
-    if seed == load_preset(PRESET).seed:
+def variant_name(settings: Dict[str, object]) -> str:
+    """The folder name of a preset variant: '' for the preset itself, else its settings (`--set`)."""
+    return "_".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+
+def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str,
+                        settings: Dict[str, object]) -> str:
+    """The model folder whose rnca/ was trained with `seed` and the preset's `settings` changed: the benchmark's
+    own for the preset itself at its seed, else a copy (links to nnU-Net's files and CV folds) with a refiner
+    trained there as nnUNetv2_train_rnca trains it."""
+    if seed == load_preset(PRESET).seed and not settings:
         return model.path
-    copy = os.path.join(out, "seeds", f"seed{seed}", DATASET, os.path.basename(model.path))
+    copy = os.path.join(out, "seeds", variant_name(settings), f"seed{seed}", DATASET, os.path.basename(model.path))
     if not os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
         maybe_mkdir_p(copy)
         for name in ("dataset.json", "plans.json", *(f"fold_{f}" for f in range(5))):
@@ -113,7 +120,8 @@ def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str)
                 os.symlink(os.path.join(model.path, name), os.path.join(copy, name))
         train_from_model_folder(read_model_folder(copy), os.path.join(raw, "imagesTr"),
                                 os.path.join(preprocessed, DATASET, "gt_segmentations"),
-                                load_preset(PRESET, {"seed": seed}), torch.device("cpu"), show_progress=False)
+                                load_preset(PRESET, {**settings, "seed": seed}), torch.device("cpu"),
+                                show_progress=False)
     return copy
 
 
@@ -134,7 +142,8 @@ def refine_group(model, refiner, npz_folder: str, images: str, out: str, scores:
         if os.path.isfile(record):
             with open(record) as handle:
                 walls[case] = json.load(handle)
-            continue
+            if not scores or "cells" in walls[case]["scores"]:
+                continue  # a record kept without the stochastic scores is redone when they are asked for
         image, properties = read_image(model.reader_writer, image_files(images, case, model.file_ending))
         probabilities = read_probabilities(npz, image.shape[1:])
         base = np.asarray(model.semantics.manager.convert_probabilities_to_segmentation(probabilities))
@@ -270,8 +279,15 @@ def main() -> None:
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="refiner training seeds (the nnU-Net "
                         "base is shared); the first also gets the stochastic scores and the diagnosis")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=JSON",
+                        help=f"train the refiners with these {PRESET} settings changed (e.g. p_local_intensity=0.3); "
+                             f"kept apart in --out/shift/<settings>/")
+    parser.add_argument("--no_scores", action="store_true", help="skip the stochastic out-of-depth scores "
+                        "(8 more rollouts a wall, 5-10 s each on the CPU)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
+    settings = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
+    load_preset(PRESET, settings)
     started, out = time.time(), os.path.abspath(args.out)
     env = nnunet_environment(out)
     raw = os.path.join(env["nnUNet_raw"], DATASET)
@@ -286,12 +302,13 @@ def main() -> None:
             predict_base(images, base_folder, env, log)
             sources[group] = (images, labels, base_folder)
         for index, seed in enumerate(args.seeds):
-            path = seeded_model_folder(model, out, seed, raw, env["nnUNet_preprocessed"])
-            per_seed.append(evaluate_seed(model, path, raw, sources, os.path.join(out, "shift", f"seed{seed}"), env,
-                                          log, index == 0))
+            path = seeded_model_folder(model, out, seed, raw, env["nnUNet_preprocessed"], settings)
+            per_seed.append(evaluate_seed(model, path, raw, sources,
+                                          os.path.join(out, "shift", variant_name(settings), f"seed{seed}"), env, log,
+                                          index == 0 and not args.no_scores))
     first = per_seed[0]
-    tables = [f"### Out-of-depth scores, seed {args.seeds[0]}\n\n" + score_table(first),
-              f"### The fall-back's factor, over {len(args.seeds)} seeds\n\n" + fall_back_rows(per_seed, FACTORS)]
+    tables = [] if args.no_scores else [f"### Out-of-depth scores, seed {args.seeds[0]}\n\n" + score_table(first)]
+    tables.append(f"### The fall-back's factor, over {len(args.seeds)} seeds\n\n" + fall_back_rows(per_seed, FACTORS))
     for group in first:
         tables.append(spread_table(f"{group}: {len(first[group]['walls'])} walls", [
             {"summary": seed[group]["summary"], "read_out": f"{seed[group]['read_out']}; fall-back above "
@@ -304,7 +321,8 @@ def main() -> None:
     for table in tables:
         print("\n" + table, flush=True)
     header = (f"Generated by `python benchmarks/topomortar_shift.py --groups {' '.join(args.groups)} --seeds "
-              f"{' '.join(map(str, args.seeds))}` in {(time.time() - started) / 60:.0f} minutes (CPU).")
+              f"{' '.join(map(str, args.seeds))}{' --set ' + ' '.join(args.set) if args.set else ''}"
+              f"{' --no_scores' if args.no_scores else ''}` in {(time.time() - started) / 60:.0f} minutes (CPU).")
     write_markdown(args.markdown, "Quality benchmark: TopoMortar under shifted images", header, tables)
 
 

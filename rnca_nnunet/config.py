@@ -33,6 +33,8 @@ class TrainConfig:
     topology_weight: float = 50.0
     corrupted_fraction: float = 0.25
     p_scale_rotate: float = 0.0
+    p_local_intensity: float = 0.0  # nnU-Net DA5's occluding rectangles, brightness gradients, local gamma (sampling.py)
+    fill_holes: float = 0.0  # share of the label's holes a synthetic corruption fills (corrupt.py)
     case_error_power: float = 0.0
     val_fraction: float = 0.2
     holdout_by_errors: bool = False
@@ -129,7 +131,7 @@ def check_config(config: TrainConfig, source: str) -> None:
     for name in ("weight_decay", "error_weight", "topology_weight"):
         _check(getattr(c, name) >= 0, source, name, getattr(c, name), ">= 0")
     _check(c.grad_clip > 0, source, "grad_clip", c.grad_clip, "> 0")
-    for name in ("corrupted_fraction", "p_scale_rotate"):
+    for name in ("corrupted_fraction", "p_scale_rotate", "p_local_intensity", "fill_holes"):
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")

@@ -12,6 +12,7 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subfiles
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
+from rnca_nnunet.cleanup import rewritten_share
 from rnca_nnunet.data import read_image
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import atomic_path
@@ -99,6 +100,7 @@ def _evaluate_case(job: CaseJob) -> Dict:
         entry["changed_cells"] = {name: int(np.count_nonzero(np.isin(segmentations["base"], labels)
                                                              != np.isin(segmentations["refined"], labels)))
                                   for name, labels in job.labels.classes.items()}
+        entry["rewritten"] = rewritten_share(segmentations["refined"], segmentations["base"])
     uncertainty = _read_uncertainty(job.uncertainty_file, reference.shape[1:]) if job.uncertainty_file else None
     if uncertainty is not None:
         entry["uncertainty"] = {"cells": uncertainty["cells"], "topology": uncertainty["topology"]}

@@ -114,7 +114,7 @@ def _case_rows(summary: Dict, folder: str, pictures: Optional[str], stems: Seque
     uncertainty = any("uncertainty" in case for case in summary["per_case"])
     headers = ["case", "class"] + [f"{heading} {when}" for heading, _ in CASE_METRICS.values()
                                    for when in (("before", "after") if refined else ("",))]
-    headers += ["status"] + (["errors added", "cells changed"] if refined else []) + ["picture"]
+    headers += ["status"] + (["errors added", "cells changed", "rewritten %"] if refined else []) + ["picture"]
     headers += ["unstable cells %", "unstable topology %", "uncertainty"] if uncertainty else []
     lines = ["<table id='cases'><thead><tr>" + "".join(f"<th>{html.escape(h.strip())}</th>" for h in headers)
              + "</tr></thead><tbody>"]
@@ -128,7 +128,7 @@ def _case_rows(summary: Dict, folder: str, pictures: Optional[str], stems: Seque
             cells.append(f"<td class='text'>{status}</td>")
             if refined:
                 cells += [_number(topology_errors(after) - topology_errors(before), 0),
-                          _number(case["changed_cells"][name], 0)]
+                          _number(case["changed_cells"][name], 0), _number(100 * case["rewritten"], 1)]
             cells.append(_picture_cells(stem, folder, pictures, ""))
             if uncertainty:
                 scores = case.get("uncertainty")

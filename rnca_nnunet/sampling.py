@@ -16,7 +16,12 @@ from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativ
                                                          ContrastAugmentationTransform, GammaTransform)
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, Rot90Transform
+from batchgeneratorsv2.transforms.local.brightness_gradient import BrightnessGradientAdditiveTransform
+from batchgeneratorsv2.transforms.local.local_gamma import LocalGammaTransform
+from batchgeneratorsv2.transforms.noise.blank_rectangle import BlankRectangleTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
 from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.corrupt import corrupt_mask
@@ -86,6 +91,8 @@ class PatchSampler:
         self.augment = Compose(transforms)
         self.intensity = intensity_augmentation()
         self.spatial = spatial_augmentation(self.patch, config.p_scale_rotate) if config.p_scale_rotate > 0 else None
+        self.local = (local_intensity_augmentation(self.patch, config.p_local_intensity)
+                      if config.p_local_intensity > 0 else None)
         self.case_probabilities: Optional[np.ndarray] = None  # None: cases drawn uniformly
         if config.case_error_power > 0:
             counts = [topology_error_count(case, ndim) for case in self.cases]
@@ -147,7 +154,9 @@ class PatchSampler:
         for _ in range(count):
             image, mask, target, valid, _, line = self._crop(self.draw_case())
             if self.rng.random() < self.config.corrupted_fraction:
-                mask = corrupt_mask(target, self.rng)
+                mask = corrupt_mask(target, self.rng, fill_holes=self.config.fill_holes)
+            if self.local is not None:
+                image = self.local(image=torch.from_numpy(image))["image"].numpy()
             images.append(image), masks.append(_temperature(mask, self.rng.uniform(0.7, 1.4)))
             targets.append(target), valids.append(valid), lines.append(line)
         images = self.intensity(data=np.stack(images).astype(np.float32))["data"]
@@ -178,6 +187,31 @@ def intensity_augmentation() -> Compose:
         ContrastAugmentationTransform((0.75, 1.25), per_channel=True, p_per_sample=0.15),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+    ])
+
+
+def local_intensity_augmentation(patch: Tuple[int, ...], probability: float) -> ComposeTransforms:
+    """nnU-Net's nnUNetTrainerDA5 local changes of the image, each with `probability`: occluding rectangles (1-5,
+    a tenth to a third of the patch, filled with the channel's mean), a smooth additive brightness gradient and a
+    local gamma, with DA5's ranges. Under TopoMortar's shadows and occluders the rule trusted image context it
+    had never seen change this way (benchmarks/TOPOMORTAR_SHIFT.md). The gradient is the same in every channel,
+    as a shadow is; DA5 draws one a channel."""
+    def scale(shape, axis):
+        return np.exp(np.random.uniform(np.log(shape[axis] // 6), np.log(shape[axis])))
+
+    def strength(_image, _kernel):
+        return np.random.uniform(-5, -1) if np.random.uniform() < 0.5 else np.random.uniform(1, 5)
+
+    def gamma():
+        return np.random.uniform(0.01, 0.8) if np.random.uniform() < 0.5 else np.random.uniform(1.5, 4)
+
+    return ComposeTransforms([
+        RandomTransform(BlankRectangleTransform([[max(1, p // 10), p // 3] for p in patch], torch.mean, (1, 5),
+                                                p_per_channel=1.0), apply_probability=probability),
+        RandomTransform(BrightnessGradientAdditiveTransform(scale, (-0.5, 1.5), strength, same_for_all_channels=True,
+                                                            mean_centered=False), apply_probability=probability),
+        RandomTransform(LocalGammaTransform(scale, (-0.5, 1.5), gamma, same_for_all_channels=False,
+                                            p_per_channel=0.5), apply_probability=probability),
     ])
 
 

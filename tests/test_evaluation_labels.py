@@ -93,6 +93,7 @@ def test_uncertainty_beside_a_refined_case_is_scored_and_a_damaged_one_is_one_li
     case = evaluation["per_case"][0]
     assert case["uncertainty"] == {"cells": 0.3, "topology": 0.5}
     assert case["changed_cells"]["vessel"] == 4  # one column of 4 cells added
+    assert case["rewritten"] == pytest.approx(4 / 20), "the fall-back's score: 4 of the 20 structure cells changed"
     assert (tmp_path / "png" / "a_uncertainty.png").stat().st_size > 0
     np.savez_compressed(path, uncertainty=np.zeros((1, 8, 8), np.float16), cells=0.0, topology=0.0)
     with pytest.raises(InputError, match=r"a_uncertainty.npz: its map \(1, 8, 8\) does not fit the reference"):

@@ -89,3 +89,44 @@ def test_cases_with_more_topology_errors_are_drawn_more_often():
     np.testing.assert_allclose(sampler.case_probabilities, expected)
     drawn = np.bincount([sampler.draw_case() for _ in range(3000)], minlength=len(cases)) / 3000
     np.testing.assert_allclose(drawn, expected, atol=0.03)
+
+
+def test_local_intensity_augmentation_changes_images_locally_and_leaves_masks_alone():
+    cases = corrupted_cases("vessels2d", 2, seed=5)
+    batches = {}
+    for p in (0.0, 1.0):
+        np.random.seed(0), torch.manual_seed(0)
+        config = load_preset("vessels_2d", {"p_local_intensity": p, "corrupted_fraction": 0.0})
+        sampler = PatchSampler(cases, 2, config, np.random.default_rng(0))
+        sampler.intensity = sampler.augment = lambda data: {"data": data}  # the crops and the local changes alone
+        batches[p] = sampler.sample(16)
+    images = cases[0].image.shape[0]
+    plain, changed = batches[0.0], batches[1.0]
+    np.testing.assert_array_equal(plain["context"][:, images:], changed["context"][:, images:])
+    np.testing.assert_array_equal(plain["target"], changed["target"])
+    difference = np.abs(plain["context"][:, :images] - changed["context"][:, :images])
+    touched = (difference > 1e-4).mean(axis=(1, 2, 3))
+    assert (touched > 0).all(), "with probability 1 every image is changed"
+    assert (difference.reshape(len(difference), -1).std(1) > 1e-3).all(), \
+        "the changes are local: no patch gets one offset everywhere"
+    assert np.isfinite(changed["context"]).all()
+
+
+def test_filled_holes_corruption_fills_the_share_of_holes_asked_for():
+    from rnca_nnunet.corrupt import _filled_holes
+    from rnca_nnunet.topology import enclosed_background
+    grid = np.ones((96, 96), bool)
+    for y in range(4, 84, 12):
+        for x in range(4, 84, 12):
+            grid[y:y + 8, x:x + 8] = False  # 49 bricks enclosed by mortar
+    holes, count = enclosed_background(grid, 4)
+    assert count == 49
+    rng = np.random.default_rng(0)
+    for share in (0.0, 0.5, 1.0):
+        filled = _filled_holes(grid, rng, share)
+        assert not (filled & grid).any(), "only holes are filled"
+        bricks = len(np.unique(holes[filled]))
+        assert abs(bricks - share * count) <= 12, f"share {share}: {bricks} of {count} bricks filled"
+        assert all((filled[holes == h]).all() or not (filled[holes == h]).any() for h in range(1, count + 1)), \
+            "a brick is filled whole or not at all"
+    assert _filled_holes(grid[None], rng, 1.0).shape == (1, 96, 96)
