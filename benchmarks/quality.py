@@ -31,20 +31,20 @@ DATASETS = {"vessels2d": (981, "2d"), "cardiac2d": (982, "2d"), "cardiac3d": (98
 
 
 def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: List[int], out: str,
-                    iterations: Optional[int], log, preset: Optional[str] = None) -> dict:
+                    iterations: Optional[int], log, preset: Optional[str] = None, trainer: str = TRAINER) -> dict:
     """With a trained base model: train the refiner (unless `iterations` is 0; None: the preset's), write every
     method's test predictions. Test-time mirroring is off for every method: it quadruples CPU prediction time."""
     env = nnunet_environment(out)
-    model_folder = os.path.join(env["nnUNet_results"], dataset, f"{TRAINER}__nnUNetPlans__{configuration}")
+    model_folder = os.path.join(env["nnUNet_results"], dataset, f"{trainer}__nnUNetPlans__{configuration}")
     train = iterations != 0
     if train and not os.path.isfile(os.path.join(model_folder, "rnca", "rnca.json")):  # kept from an earlier run
-        run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", TRAINER, "-device", "cpu",
+        run_step(["nnUNetv2_train_rnca", str(dataset_id), "-c", configuration, "-tr", trainer, "-device", "cpu",
                   "--disable_progress_bar", *(["--iterations", str(iterations)] if iterations else []),
                   *(["--preset", preset] if preset else [])], env, log)
     images = os.path.join(env["nnUNet_raw"], dataset, "imagesTs")
     folders = {name: os.path.join(out, "predictions", name) for name in ("base", "largest component", "closing")}
     run_step(["nnUNetv2_predict", "-i", images, "-o", folders["base"], "-d", str(dataset_id), "-c", configuration,
-              "-tr", TRAINER, "-f", *map(str, folds), "-device", "cpu", "--save_probabilities", "--disable_tta",
+              "-tr", trainer, "-f", *map(str, folds), "-device", "cpu", "--save_probabilities", "--disable_tta",
               "--disable_progress_bar"], env, log)
     model = read_model_folder(model_folder)
     labels = [v for k, v in model.dataset_json["labels"].items() if k != "background"]

@@ -44,18 +44,21 @@ def generate_dataset(kind: str, dataset_id: int, cases: int, test_cases: int, en
 
 
 def train_base_model(dataset_id: int, configuration: str, env: Dict[str, str], log_file,
-                     folds: Sequence[int] = range(5), device: str = "cpu") -> None:
+                     folds: Sequence[int] = range(5), device: str = "cpu", trainer: str = TRAINER) -> None:
     """Plan and preprocess, then train nnU-Net briefly (on the CPU by default) with --npz, so every case gets a
     CV prediction.
 
-    Folds that already finished are kept, so a stopped benchmark can be run again."""
+    Folds that already finished are kept and a stopped one with a checkpoint_latest.pth (the longer benchmark
+    trainers save one every 5 epochs) continues from it with nnU-Net's --c, so a stopped benchmark can be run
+    again."""
     run_step(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env, log_file)
-    pattern = os.path.join(env["nnUNet_results"], f"Dataset{dataset_id:03d}_*", f"{TRAINER}__nnUNetPlans__{configuration}")
+    pattern = os.path.join(env["nnUNet_results"], f"Dataset{dataset_id:03d}_*", f"{trainer}__nnUNetPlans__{configuration}")
     for fold in folds:
         if glob.glob(os.path.join(pattern, f"fold_{fold}", "validation", "summary.json")):
             continue
-        run_step(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", TRAINER, "-device", device,
-                  "--npz"], env, log_file)
+        resume = glob.glob(os.path.join(pattern, f"fold_{fold}", "checkpoint_latest.pth"))
+        run_step(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", device,
+                  "--npz", *(["--c"] if resume else [])], env, log_file)
 
 
 def run_demo(out: str, dataset_id: int = 991, cases: int = 30, test_cases: int = 10,
