@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from typing import Dict, List, Sequence, Tuple
@@ -32,7 +33,7 @@ from quality import write_markdown
 from topomortar import BASE_TRAINERS, spread_table
 from rnca_nnunet import out_of_depth
 from rnca_nnunet.cleanup import rewritten_share
-from rnca_nnunet.config import load_preset
+from rnca_nnunet.config import config_to_dict, load_preset
 from rnca_nnunet.data import image_files, read_image, read_model_folder, read_probabilities
 from rnca_nnunet.evaluate import evaluate_folders
 from rnca_nnunet.experiments.baselines import keep_largest_component, morphological_closing
@@ -109,20 +110,35 @@ def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str,
                         settings: Dict[str, object]) -> str:
     """The model folder whose rnca/ was trained with `seed` and the preset's `settings` changed: the benchmark's
     own for the preset itself at its seed, else a copy (links to nnU-Net's files and CV folds) with a refiner
-    trained there as nnUNetv2_train_rnca trains it."""
+    trained there as nnUNetv2_train_rnca trains it. A kept refiner trained with other settings (the preset changed
+    since) stops the benchmark, so no figure is reported for settings it was not trained with."""
+    config = load_preset(PRESET, {**settings, "seed": seed})
     if seed == load_preset(PRESET).seed and not settings:
-        return model.path
+        return kept_refiner_trained_with(model.path, config)
     copy = os.path.join(out, "seeds", variant_name(settings), f"seed{seed}", DATASET, os.path.basename(model.path))
-    if not os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
+    if os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
+        return kept_refiner_trained_with(copy, config)
         maybe_mkdir_p(copy)
         for name in ("dataset.json", "plans.json", *(f"fold_{f}" for f in range(5))):
             if not os.path.lexists(os.path.join(copy, name)):
                 os.symlink(os.path.join(model.path, name), os.path.join(copy, name))
         train_from_model_folder(read_model_folder(copy), os.path.join(raw, "imagesTr"),
                                 os.path.join(preprocessed, DATASET, "gt_segmentations"),
-                                load_preset(PRESET, {**settings, "seed": seed}), torch.device("cpu"),
-                                show_progress=False)
+                                config, torch.device("cpu"), show_progress=False)
     return copy
+
+
+def kept_refiner_trained_with(model_path: str, config) -> str:
+    """`model_path` if its rnca/ was trained with `config`; otherwise exit 2 naming the folder to remove."""
+    with open(os.path.join(model_path, "rnca", "rnca.json")) as handle:
+        trained = json.load(handle)["trained_on"].get("train", {})
+    wanted = json.loads(json.dumps(config_to_dict(config)))
+    changed = sorted(k for k in set(trained) | set(wanted) if trained.get(k) != wanted.get(k))
+    if changed:
+        print(f"error: {model_path}/rnca was trained with other {PRESET} settings than asked for "
+              f"({', '.join(changed)}); move it aside to train it again", file=sys.stderr)
+        sys.exit(2)
+    return model_path
 
 
 def write_label_map(model, path_truncated: str, segmentation: np.ndarray, properties: dict) -> None:
