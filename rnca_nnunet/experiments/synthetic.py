@@ -3,7 +3,8 @@
 Vessel trees have thin, faint branches (a briefly trained nnU-Net breaks them) and
 vessel-like distractor blobs (it adds specks); cardiac rings have a myocardium segment
 with weak contrast (it opens the ring); brick walls (mesh2d) have dozens of loops, faint mortar
-joints and cracked bricks (it merges and splits loops). Everything is seeded, so tests are repeatable.
+joints and cracked bricks (it merges and splits loops); cell membranes (membrane2d) are the same kind of
+loop network with irregular cells, faint membranes and dark organelles. Everything is seeded, so tests are repeatable.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from scipy import ndimage
 from skimage.draw import disk, ellipse
+from skimage.segmentation import find_boundaries
 
 from rnca_nnunet.corrupt import corrupt_mask
 from rnca_nnunet.data import TrainingCase
@@ -152,9 +154,47 @@ def mesh_case_2d(rng: np.random.Generator, size: int = 128) -> Case:
     return image.astype(np.float32), label
 
 
+def membrane_case_2d(rng: np.random.Generator, size: int = 128) -> Case:
+    """Cell membranes as in electron microscopy: thin dark lines between irregular cells (a dense network of
+    loops whose geometry is nothing like a brick wall), some membranes faint (a model breaks the loop and
+    merges two cells), dark organelles inside cells (a model draws false membrane across a cell and splits
+    it) and grainy cytoplasm, blurred and noisy. The second domain the mesh_2d preset must travel to."""
+    cells_across = rng.uniform(4.5, 6.5)
+    seeds = rng.uniform(0, size, (int(cells_across ** 2), 2))
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    warp = size / cells_across * 0.1
+    coordinates = np.stack([yy + warp * _smooth_noise(rng, (size, size), 10),
+                            xx + warp * _smooth_noise(rng, (size, size), 10)], -1)
+    distances = np.linalg.norm(coordinates[:, :, None, :] - seeds[None, None], axis=-1)
+    cells = cc3d.connected_components(np.argmin(distances, axis=-1) + 1, connectivity=4)
+    boundary = find_boundaries(cells, connectivity=1, mode="thick")
+    interior = np.bincount(cells[~boundary], minlength=cells.max() + 1)
+    slivers = np.isin(cells, np.flatnonzero(interior < 20))  # all membrane: would leave a dangling line
+    cells = cells[tuple(ndimage.distance_transform_edt(slivers, return_distances=False, return_indices=True))]
+    boundary = find_boundaries(cells, connectivity=1, mode="thick")
+    label = (ndimage.binary_dilation(boundary) if rng.random() < 0.3 else boundary).astype(np.uint8)
+    faint = np.zeros((size, size), bool)
+    membrane = np.argwhere(label)
+    for centre in membrane[rng.choice(len(membrane), int(rng.integers(4, 9)), replace=False)]:
+        faint[disk(tuple(centre), rng.uniform(4, 9), shape=label.shape)] = True
+    strength = label * np.where(faint, rng.uniform(0.12, 0.3), rng.uniform(0.7, 1.0, (size, size)))
+    organelles = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(6, 14))):
+        centre = rng.uniform(0, size, 2)
+        rr, cc = ellipse(centre[0], centre[1], rng.uniform(1.5, 3.0), rng.uniform(3.0, 8.0), shape=label.shape,
+                         rotation=rng.uniform(0, np.pi))
+        inside = label[rr, cc] == 0
+        organelles[rr[inside], cc[inside]] = rng.uniform(0.6, 0.9)
+    grain = 0.12 * _smooth_noise(rng, label.shape, 1) + 0.1 * _smooth_noise(rng, label.shape, 8)
+    darkening = ndimage.gaussian_filter(strength + organelles, 0.8)
+    image = 1.0 + grain - darkening + rng.normal(0, 0.1, label.shape)
+    return (ndimage.gaussian_filter(image, 0.5) * 180).astype(np.float32), label
+
+
 GENERATORS: Dict[str, Tuple[Callable[[np.random.Generator], Case], dict, Tuple[float, ...]]] = {
     "vessels2d": (vessel_case_2d, {"background": 0, "vessel": 1}, (0.05, 0.05)),
     "mesh2d": (mesh_case_2d, {"background": 0, "mortar": 1}, (0.1, 0.1)),
+    "membrane2d": (membrane_case_2d, {"background": 0, "membrane": 1}, (0.01, 0.01)),
     "cardiac2d": (cardiac_case, {"background": 0, "LV": 1, "MYO": 2, "RV": 3}, (1.0, 1.0)),
     "cardiac3d": (lambda rng: cardiac_case(rng, size=48, slices=12),
                   {"background": 0, "LV": 1, "MYO": 2, "RV": 3}, (5.0, 1.25, 1.25)),
@@ -205,7 +245,7 @@ def write_dataset(kind: str, raw_folder: str, dataset_id: int, cases: int, test_
             case = f"{kind}_{split.lower()}_{index:03d}"
             _write(image, spacing, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
             _write(label, spacing, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
-    channel = {"vessels2d": "fundus", "mesh2d": "photo"}.get(kind, "MRI")
+    channel = {"vessels2d": "fundus", "mesh2d": "photo", "membrane2d": "EM"}.get(kind, "MRI")
     generate_dataset_json(folder, {0: channel}, labels, cases,
                           ".nii.gz", dataset_name=name)
     return folder
