@@ -108,8 +108,8 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
     return result
 
 
-def spread_table(title: str, results: List[dict]) -> str:
-    """Mean (min-max) over seeds of each method's metrics and harm, one row per method."""
+def spread_table(title: str, results: List[dict], label: str = "mortar") -> str:
+    """Mean (min-max) over seeds of each method's metrics and harm for `label`, one row per method."""
     columns = [*SPREAD_COLUMNS, "repaired", "newly_broken", "made_worse"]
     lines = [f"### {title}: mean (min-max) over {len(results)} seeds", "",
              "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
@@ -117,12 +117,12 @@ def spread_table(title: str, results: List[dict]) -> str:
         cells = []
         for column in columns:
             if column in SPREAD_COLUMNS:
-                values = [r["summary"]["mean"][method]["mortar"][column] for r in results]
+                values = [r["summary"]["mean"][method][label][column] for r in results]
             elif method == "base":
                 cells.append("-")
                 continue
             else:
-                values = [r["summary"]["repair"][method]["mortar"][column] for r in results]
+                values = [r["summary"]["repair"][method][label][column] for r in results]
             cells.append(f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if column in SPREAD_COLUMNS
                          else f"{np.mean(values):.1f} ({min(values)}-{max(values)})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
