@@ -17,7 +17,7 @@ import time
 from importlib import resources
 from typing import Dict
 
-from quality import compare_methods, write_markdown
+from quality import compare_methods, linked_model_folder, write_markdown
 from topomortar import spread_table
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.evaluate import evaluate_folders
@@ -38,11 +38,8 @@ def seed_folder(base_out: str, dataset: str, seed: int) -> str:
         if not os.path.lexists(env[name]):
             os.symlink(base_env[name], env[name])
     model = os.path.join(dataset, f"{TRAINER}__nnUNetPlans__2d")
-    os.makedirs(os.path.join(env["nnUNet_results"], model), exist_ok=True)
-    for name in ("dataset.json", "plans.json", *(f"fold_{fold}" for fold in FOLDS)):
-        link = os.path.join(env["nnUNet_results"], model, name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(base_env["nnUNet_results"], model, name), link)
+    linked_model_folder(os.path.join(base_env["nnUNet_results"], model), os.path.join(env["nnUNet_results"], model),
+                        FOLDS)
     return out
 
 

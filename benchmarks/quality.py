@@ -62,6 +62,16 @@ def compare_methods(dataset_id: int, dataset: str, configuration: str, folds: Li
             "labels": os.path.join(env["nnUNet_raw"], dataset, "labelsTs")}
 
 
+def linked_model_folder(model_folder: str, copy: str, folds) -> str:
+    """`copy` as a model folder whose dataset.json, plans.json and folds link to `model_folder`'s, so another
+    refiner can be trained beside the same nnU-Net base without copying its checkpoints."""
+    os.makedirs(copy, exist_ok=True)
+    for name in ("dataset.json", "plans.json", *(f"fold_{fold}" for fold in folds)):
+        if not os.path.lexists(os.path.join(copy, name)):
+            os.symlink(os.path.join(model_folder, name), os.path.join(copy, name))
+    return copy
+
+
 def unguarded_model_folder(model_folder: str, out: str) -> str:
     """A copy of the model folder's JSON files and refiner whose read-out has no guard and refines every class,
     as before the guard existed: the same weights, to show what the guard does."""

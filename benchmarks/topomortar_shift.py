@@ -29,7 +29,7 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p, 
 from skimage import io
 from skimage.transform import downscale_local_mean
 
-from quality import write_markdown
+from quality import linked_model_folder, write_markdown
 from topomortar import BASE_TRAINERS, spread_table
 from rnca_nnunet import out_of_depth
 from rnca_nnunet.cleanup import rewritten_share
@@ -118,10 +118,7 @@ def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str,
     copy = os.path.join(out, "seeds", variant_name(settings), f"seed{seed}", DATASET, os.path.basename(model.path))
     if os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
         return kept_refiner_trained_with(copy, config)
-    maybe_mkdir_p(copy)
-    for name in ("dataset.json", "plans.json", *(f"fold_{f}" for f in range(5))):
-        if not os.path.lexists(os.path.join(copy, name)):
-            os.symlink(os.path.join(model.path, name), os.path.join(copy, name))
+    linked_model_folder(model.path, copy, range(5))
     train_from_model_folder(read_model_folder(copy), os.path.join(raw, "imagesTr"),
                             os.path.join(preprocessed, DATASET, "gt_segmentations"),
                             config, torch.device("cpu"), show_progress=False)
