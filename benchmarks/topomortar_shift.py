@@ -146,7 +146,8 @@ def write_label_map(model, path_truncated: str, segmentation: np.ndarray, proper
 def refine_group(model, refiner, npz_folder: str, images: str, out: str, scores: bool) -> Dict[str, dict]:
     """Every method's mask per wall of one group (the rNCA without its fall-back), and the wall's share
     rewritten; with `scores` also the stochastic instability (8 more rollouts a wall) and nnU-Net's doubt.
-    Kept per wall in `out`/walls/<case>.json."""
+    Kept per wall in `out`/walls/<case>.json, and redone when it was made with another read-out (the refiner's
+    read-out chosen again: nnUNetv2_train_rnca --read_out_only)."""
     refiner = refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=None))
     walls = {}
     for npz in sorted(f for f in subfiles(npz_folder, suffix=".npz") if not f.endswith("_uncertainty.npz")):
@@ -155,7 +156,8 @@ def refine_group(model, refiner, npz_folder: str, images: str, out: str, scores:
         if os.path.isfile(record):
             with open(record) as handle:
                 walls[case] = json.load(handle)
-            if not scores or "cells" in walls[case]["scores"]:
+            same_read_out = walls[case].get("read_out") == str(refiner.clean_up)
+            if same_read_out and (not scores or "cells" in walls[case]["scores"]):
                 continue  # a record kept without the stochastic scores is redone when they are asked for
         image, properties = read_image(model.reader_writer, image_files(images, case, model.file_ending))
         probabilities = read_probabilities(npz, image.shape[1:])
@@ -163,7 +165,7 @@ def refine_group(model, refiner, npz_folder: str, images: str, out: str, scores:
         started = time.perf_counter()
         _, refined, used = refiner.refine(image, probabilities)
         walls[case] = {"scores": {"changed": rewritten_share(refined, base)}, "steps": used,
-                       "seconds": time.perf_counter() - started}
+                       "seconds": time.perf_counter() - started, "read_out": str(refiner.clean_up)}
         if scores:
             started = time.perf_counter()
             instability = refiner.instability(image, probabilities, refined, used)

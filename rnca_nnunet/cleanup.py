@@ -19,8 +19,9 @@ from scipy import ndimage
 from skimage.graph import MCP
 from skimage.segmentation import expand_labels
 
-from rnca_nnunet.topology import (background_regions, distinct_pairs, frame, label_map_holes, overlap_counts,
-                                  slices)
+from rnca_nnunet.outline import keep_base_outline
+from rnca_nnunet.topology import (background_regions, distinct_pairs, frame, guarded_per_slice, label_groups,
+                                  label_map_holes, overlap_counts, slices)
 
 
 def remove_small_components(segmentation: np.ndarray, labels: List[int], min_size: int) -> np.ndarray:
@@ -251,14 +252,11 @@ def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bo
     showed. (Z, Y, X) label maps and a (Z, Y, X) confidence; loops as in `fill_holes`: per slice a slice's
     holes, in a volume its cavities (a handle is part of the background around it and is not kept)."""
     if per_slice and segmentation.shape[0] > 1:
-        return np.stack([keep_base_topology(s[None], b[None], False, None if confidence is None else c[None],
-                                            threshold)[0]
-                         for s, b, c in zip(segmentation, base, confidence if confidence is not None else base)])
+        return guarded_per_slice(keep_base_topology, segmentation, base, confidence, threshold)
     padding = frame(segmentation.shape)
     out, base = np.pad(segmentation, padding), np.pad(base, padding)
     guard = _Guard(None if confidence is None else np.pad(confidence, padding, constant_values=1.0), threshold)
-    labels = [int(v) for v in np.union1d(np.unique(out), np.unique(base)) if v > 0]
-    groups = [[label] for label in labels] + ([labels] if len(labels) > 1 else [])  # each label, and the union
+    groups = label_groups(out, base)
     # group by group, repeated until none changes: every step only turns cells into the base's values, so this
     # ends, at the latest at the base itself
     while True:
@@ -306,7 +304,9 @@ class CleanUp:
     `min_hole_size` cells or no thicker than `max_hole_radius` cells filled; then, with `guard` (None: off),
     the topology changes of the rule and of that clean-up are undone where the base was at least `guard` sure
     of its label (`keep_base_topology`; 0: all of them); the guard comes after the sizes so that nothing
-    breaks what it kept (pieces of a join it cut are not specks to drop). Last, every cell that has or had one
+    breaks what it kept (pieces of a join it cut are not specks to drop). Then, with `outline_guard` (None:
+    off), every change against the base that is no topology change is given back to the base where it was at
+    least that sure (`outline.keep_base_outline`). Last, every cell that has or had one
     of `unrefined_labels` takes the base's label (classes the refinement did not help on held-out cases).
     Before that, with `fall_back_above` (None: off), a case whose base structure the rule rewrote more than
     that share of (`rewritten_share`) gets the sizes alone on the base instead: the rule is out of its depth
@@ -317,6 +317,7 @@ class CleanUp:
     guard: Optional[float] = None
     unrefined_labels: Tuple[int, ...] = ()
     fall_back_above: Optional[float] = None
+    outline_guard: Optional[float] = None
 
     @classmethod
     def from_config(cls, config: dict) -> "CleanUp":
@@ -333,9 +334,10 @@ class CleanUp:
         if not isinstance(legacy, bool):
             raise TypeError(f"keep_base_loops must be true or false, got {legacy!r}")
         guard = 0.0 if legacy and values["guard"] is None else values["guard"]
-        if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float))
-                                  or not 0 <= guard <= 1):
-            raise TypeError(f"guard must be null or a confidence from 0 to 1, got {guard!r}")
+        for name, value in (("guard", guard), ("outline_guard", values["outline_guard"])):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value <= 1):
+                raise TypeError(f"{name} must be null or a confidence from 0 to 1, got {value!r}")
         limit = values["fall_back_above"]
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1):
             raise TypeError(f"fall_back_above must be null or a share from 0 to 1, got {limit!r}")
@@ -344,12 +346,14 @@ class CleanUp:
                 isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in labels):
             raise TypeError(f"unrefined_labels must be a list of label values from 1 to 65535, got {labels!r}")
         return cls(values["min_component_size"], values["min_hole_size"], float(radius),
-                   None if guard is None else float(guard), tuple(labels), None if limit is None else float(limit))
+                   None if guard is None else float(guard), tuple(labels), None if limit is None else float(limit),
+                   None if values["outline_guard"] is None else float(values["outline_guard"]))
 
     @property
     def needs_base(self) -> bool:
         """Whether `__call__` needs the base label map (and the base's confidence)."""
-        return self.guard is not None or bool(self.unrefined_labels) or self.fall_back_above is not None
+        return (self.guard is not None or self.outline_guard is not None or bool(self.unrefined_labels)
+                or self.fall_back_above is not None)
 
     @property
     def sizes(self) -> "CleanUp":
@@ -368,13 +372,15 @@ class CleanUp:
         """`__call__`'s label map, the share of the base's structure the rule rewrote (None unless
         `fall_back_above` is set) and whether that share made the case fall back to the sizes alone."""
         if self.needs_base and base is None:
-            raise ValueError("the guard, the fall-back and unrefined labels need the base label map the rule refined")
+            raise ValueError("the guards, the fall-back and unrefined labels need the base label map the rule refined")
         if self.min_component_size > 1 or self.min_hole_size > 1 or self.max_hole_radius > 0:
             labels = [int(v) for v in np.unique(segmentation) if v > 0]
             segmentation = fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
                                       self.min_hole_size, self.max_hole_radius, per_slice)
         if self.guard is not None:
             segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
+        if self.outline_guard is not None:
+            segmentation = keep_base_outline(segmentation, base, per_slice, confidence, self.outline_guard)
         rewritten, fell_back = None, False
         if self.fall_back_above is not None:
             rewritten = rewritten_share(segmentation, base)
@@ -390,6 +396,8 @@ class CleanUp:
         return (f"specks < {self.min_component_size}, holes < {self.min_hole_size}"
                 + (f" or radius <= {self.max_hole_radius:g}" if self.max_hole_radius > 0 else "")
                 + ("" if self.guard is None else f", base topology kept where the base was >= {self.guard:g} sure")
+                + ("" if self.outline_guard is None else
+                   f", base outline kept where the base was >= {self.outline_guard:g} sure")
                 + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else "")
                 + ("" if self.fall_back_above is None else
                    f", the sizes alone where the rule rewrote > {100 * self.fall_back_above:.1f}% of the structure"))

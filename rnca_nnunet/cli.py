@@ -69,7 +69,7 @@ def train_entry_point() -> None:
 
     from rnca_nnunet.config import load_preset, preset_names
     from rnca_nnunet.data import read_model_folder
-    from rnca_nnunet.run_training import train_from_model_folder
+    from rnca_nnunet.run_training import decide_read_out_again, train_from_model_folder
 
     parser = argparse.ArgumentParser(description="Train an rNCA refiner on the --npz cross-validation predictions "
                                                  "of an nnU-Net model; writes <model folder>/rnca/.")
@@ -86,10 +86,24 @@ def train_entry_point() -> None:
     parser.add_argument("--keep_base_loops", action="store_true",
                         help="always keep the topology of nnU-Net's mask (loops and components, none lost and none "
                              "added) and let the rule reshape only its outlines")
+    parser.add_argument("--read_out_only", action="store_true",
+                        help="keep the rule of the existing rnca/ and only choose its read-out again on the CV "
+                             "cases it was trained and held out on (minutes, no training): a refiner trained by an "
+                             "older rnca-nnunet gets the read-out settings added since")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     reuse_freed_memory()
     model = read_model_folder(_model_folder(args.dataset, args.tr, args.p, args.c))
+    images, labels = (join(str(nnUNet_raw), model.dataset_name, "imagesTr"),
+                      join(str(nnUNet_preprocessed), model.dataset_name, "gt_segmentations"))
+    if args.read_out_only:
+        chosen = [flag for flag, value in (("--preset", args.preset), ("--folds", args.folds),
+                                           ("--val_fraction", args.val_fraction), ("--iterations", args.iterations),
+                                           ("--keep_base_loops", args.keep_base_loops)) if value]
+        if chosen:
+            raise InputError(f"--read_out_only keeps the refiner's rule, cases and settings; drop {' '.join(chosen)}")
+        decide_read_out_again(model, images, labels, _device(args.device), not args.disable_progress_bar)
+        return
     overrides = {k: v for k, v in (("val_fraction", args.val_fraction), ("iterations", args.iterations)) if v is not None}
     if args.keep_base_loops:
         overrides["keep_base_loops"] = True
@@ -99,9 +113,8 @@ def train_entry_point() -> None:
     if len(config.patch_size) != model.ndim:
         raise InputError(f"preset patch_size {config.patch_size} is not {model.ndim}D like configuration "
                          f"{model.configuration}; choose a {model.ndim}D preset")
-    train_from_model_folder(model, join(str(nnUNet_raw), model.dataset_name, "imagesTr"),
-                            join(str(nnUNet_preprocessed), model.dataset_name, "gt_segmentations"),
-                            config, _device(args.device), args.folds, not args.disable_progress_bar)
+    train_from_model_folder(model, images, labels, config, _device(args.device), args.folds,
+                            not args.disable_progress_bar)
 
 
 def _load_refiner(name: str, model_folder: str, device: torch.device):

@@ -9,9 +9,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rnca_nnunet.cleanup import hole_measures
+from rnca_nnunet.cleanup import CleanUp, hole_measures
+from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.metrics import harm_line
+from rnca_nnunet.out_of_depth import with_fall_back
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import segmentation_from_mask
 from rnca_nnunet.validation import ValidationResult, refine_cases, summary_line, validate
@@ -22,6 +24,10 @@ READ_OUT_RADII = (0, 1.0, 1.5, 2.0, 3.0)  # cells; a hole's inscribed radius tak
 # the guard's thresholds, safest first: 0 undoes every topology change the rule made against the base, a higher
 # one only those where the base was at least that sure, None none (see cleanup.keep_base_topology)
 GUARD_THRESHOLDS = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, None)
+# the outline guard's, safest first: 0 gives nnU-Net back every outline the rule moved, a higher one only those
+# nnU-Net was at least that sure of, None none (see outline.keep_base_outline); a search on the held-out cases,
+# since on TopoMortar's 5x base nnU-Net's outlines were the better ones and on generated membranes the rule's
+OUTLINE_THRESHOLDS = GUARD_THRESHOLDS
 REAL_HOLE_PERCENTILE = 1.0  # holes as large, or as thick, as the smallest 1% of the labels' own are never filled
 
 
@@ -78,11 +84,33 @@ def _fills_real_holes(setting: str, value: float, bounds: Optional[np.ndarray]) 
     return None
 
 
+def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
+                    config: TrainConfig, log: Callable[[str], None], folder: Optional[str] = None
+                    ) -> Tuple[RNCARefiner, ValidationResult]:
+    """The whole read-out of a trained rule (its clean-up is replaced) and its result on the held-out cases:
+    the sizes, then the guards and the classes to refine (`choose_guard`), then the fall-back where the config
+    asks for it. With the guard search (the default) the sizes come from the training cases only, so the
+    held-out ones choose the guards and score honestly; without it, from every CV case, as before the search."""
+    refiner = refiner.replace(clean_up=CleanUp())
+    refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
+    if config.keep_base_loops:
+        refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
+        final = validate(refiner, val_cases, 0)
+    elif config.guard_search:
+        refiner, final = choose_guard(refiner, val_cases, log, folder)
+    else:
+        final = validate(refiner, val_cases, 0)
+    if config.fall_back:
+        refiner = with_fall_back(refiner, val_cases, log)
+    return refiner, final
+
+
 def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
                  folder: Optional[str] = None) -> Tuple[RNCARefiner, ValidationResult]:
     """Choose the guard of the base's topology (`GUARD_THRESHOLDS`, safest first: a less safe one is taken only
-    when it scores strictly better), then leave unrefined every class on which the refinement does not score
-    better than the base; returns the refiner with that read-out and its held-out result.
+    when it scores strictly better), then the guard of its outline (`OUTLINE_THRESHOLDS`, the same way: it
+    changes no topology, so Dice alone decides), then leave unrefined every class on which the refinement does
+    not score better than the base; returns the refiner with that read-out and its held-out result.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
@@ -91,15 +119,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     held-out cases show no gain from changing the base's topology keeps it (train.py, unless a preset sets
     `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
-    best, chosen, best_score = None, None, float("inf")
-    for threshold in GUARD_THRESHOLDS:
-        result = validate(refiner.replace(clean_up=replace(refiner.clean_up, guard=threshold)), cases, 0, refined)
-        score = result.decision_score(list(result.after))
-        log(f"guard {'off' if threshold is None else f'{threshold:g}'} on {len(cases)} held-out cases: "
-            f"{summary_line(result)} {harm_summary(result)} score {score:.3f}")
-        if score < best_score - 1e-6:
-            best, chosen, best_score = result, threshold, score
-    refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=chosen))
+    refiner, _ = _choose_threshold(refiner, "guard", GUARD_THRESHOLDS, cases, refined, log)
+    refiner, best = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:
         log(f"{name}: refiner {'OFF' if name in unhelped else 'on'} (held-out score {best.decision_score([name]):.3f},"
@@ -110,6 +131,23 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
         log(f"labels {labels} keep nnU-Net's prediction: the refiner does not help them on cases it never saw")
         best = validate(refiner, cases, 0, refined)
     return refiner, best
+
+
+def _choose_threshold(refiner: RNCARefiner, setting: str, thresholds: Sequence[Optional[float]],
+                      cases: Sequence[TrainingCase], refined: Sequence, log: Callable[[str], None]
+                      ) -> Tuple[RNCARefiner, ValidationResult]:
+    """The refiner with the clean-up's `setting` at the threshold of the lowest decision score (a later, less
+    safe one only where it beats the earlier ones by more than 1e-6), and that threshold's held-out result."""
+    best, chosen, best_score = None, None, float("inf")
+    for threshold in thresholds:
+        result = validate(refiner.replace(clean_up=replace(refiner.clean_up, **{setting: threshold})), cases, 0,
+                          refined)
+        score = result.decision_score(list(result.after))
+        log(f"{setting.replace('_', ' ')} {'off' if threshold is None else f'{threshold:g}'} on {len(cases)} "
+            f"held-out cases: {summary_line(result)} {harm_summary(result)} score {score:.3f}")
+        if score < best_score - 1e-6:
+            best, chosen, best_score = result, threshold, score
+    return refiner.replace(clean_up=replace(refiner.clean_up, **{setting: chosen})), best
 
 
 def harm_summary(result: ValidationResult) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -19,17 +19,17 @@ from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_cas
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.files import folder_lock
 from rnca_nnunet.pictures import plot_progress
-from rnca_nnunet.readout import unrefined_classes
+from rnca_nnunet.readout import decide_read_out, harm_summary, unrefined_classes
 from rnca_nnunet.refiner import RNCARefiner
-from rnca_nnunet.refiner_folder import FOLDER_NAME, save_refiner
+from rnca_nnunet.refiner_folder import FOLDER_NAME, read_refiner, save_refiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
-from rnca_nnunet.validation import split_cases
+from rnca_nnunet.validation import split_cases, summary_line
 
 
-def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRecord) -> List[str]:
+def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRecord, plot: bool = True) -> List[str]:
     """validation.json (the kept refiner's read-out, its per-class decision with its repairs and harm, and its
-    before/after on the held-out cases) and progress.png; returns the files written."""
+    before/after on the held-out cases) and, with `plot`, progress.png; returns the files written."""
     os.makedirs(folder, exist_ok=True)
     unrefined = unrefined_classes(refiner)
     files = []
@@ -43,7 +43,8 @@ def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRe
                        "mean_before": best.before, "mean_after": best.after, "per_case": best.per_case},
                       handle, indent=2)
         files.append(path)
-    files.append(plot_progress(os.path.join(folder, "progress.png"), record.validations, record.losses))
+    if plot:
+        files.append(plot_progress(os.path.join(folder, "progress.png"), record.validations, record.losses))
     return files
 
 
@@ -77,25 +78,8 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
               show_progress: bool) -> Tuple[RNCARefiner, TrainingRecord]:
     """Load the CV cases into `staging`/cases and train, logging to `log_path`."""
     with open(log_path, "w") as log_file:
-        def log(line: str) -> None:
-            (tqdm.write if show_progress else print)(line)
-            log_file.write(line + "\n")
-            log_file.flush()
-
-        predictions = find_cv_predictions(model, log)
-        if folds is not None:
-            wanted = {f"fold_{f}" for f in folds}
-            predictions = {c: p for c, p in predictions.items()
-                           if os.path.basename(os.path.dirname(os.path.dirname(p))) in wanted}
-            if not predictions:
-                raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
-                                 f"{model.validation_command(list(folds)[0])}")
-        note = partial_cv_note(model, predictions, os.path.dirname(labels_folder))  # gt_segmentations' dataset
-        if note:
-            log(note)
-        store = os.path.join(staging, "cases")  # one case in memory at a time, here and in training
-        cases = [store_case(load_training_case(model, npz, images_folder, labels_folder), store, model.ndim)
-                 for npz in predictions.values()]
+        log = _logger(log_file, show_progress)
+        cases = _cv_cases(staging, model, images_folder, labels_folder, folds, log)
         counts = [topology_error_count(case, model.ndim) for case in cases] if config.holdout_by_errors else None
         train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed, counts)
         log(f"rNCA training on {model.path}: {len(train_cases)} training and {len(val_cases)} held-out cases, "
@@ -108,3 +92,89 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
                                         config, trained_on, device, log, show_progress, model.transpose_forward,
                                         os.path.join(staging, "read_out"))
     return refiner, record
+
+
+def _logger(log_file, show_progress: bool) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        (tqdm.write if show_progress else print)(line)
+        log_file.write(line + "\n")
+        log_file.flush()
+    return log
+
+
+def _cv_cases(staging: str, model: ModelFolder, images_folder: str, labels_folder: str,
+              folds: Optional[Sequence[int]], log: Callable[[str], None]) -> List:
+    """The model's CV cases (of `folds` only, when given), stored in `staging`/cases one at a time."""
+    predictions = find_cv_predictions(model, log)
+    if folds is not None:
+        wanted = {f"fold_{f}" for f in folds}
+        predictions = {c: p for c, p in predictions.items()
+                       if os.path.basename(os.path.dirname(os.path.dirname(p))) in wanted}
+        if not predictions:
+            raise InputError(f"no CV predictions of folds {list(folds)} in {model.path}; run "
+                             f"{model.validation_command(list(folds)[0])}")
+    note = partial_cv_note(model, predictions, os.path.dirname(labels_folder))  # gt_segmentations' dataset
+    if note:
+        log(note)
+    store = os.path.join(staging, "cases")  # one case in memory at a time, here and in training
+    return [store_case(load_training_case(model, npz, images_folder, labels_folder), store, model.ndim)
+            for npz in predictions.values()]
+
+
+def _kept_checkpoint(folder: str) -> int:
+    """The training iteration of the kept rule, as its validation.json says (0 when it says nothing)."""
+    try:
+        with open(os.path.join(folder, "validation.json"), encoding="utf-8") as handle:
+            iteration = json.load(handle).get("iteration", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else 0
+
+
+def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder: str, device: torch.device,
+                          show_progress: bool = True) -> RNCARefiner:
+    """Keep the rule of the model folder's `rnca/` and choose its read-out again on the CV cases it was
+    trained and held out on (`--read_out_only`): a refiner trained before a read-out setting existed gets it
+    without a training. rnca/ is replaced atomically; its training log and progress.png stay, beside
+    read_out_log.txt and a new validation.json."""
+    folder = os.path.join(model.path, FOLDER_NAME)
+    staging = os.path.join(model.path, FOLDER_NAME + ".training")
+    with folder_lock(model.path, "nnUNetv2_train_rnca"):
+        kept = read_refiner(folder, device)
+        held_out = kept.trained_on.get("held_out_cases")
+        if not held_out:
+            raise InputError(f"{folder}/rnca.json names no held-out cases (trained before they were kept): retrain "
+                             f"with nnUNetv2_train_rnca")
+        kept.check_compatible(model)
+        config = TrainConfig(**{name: kept.trained_on.get("train", {}).get(name, getattr(TrainConfig, name))
+                                for name in ("guard_search", "keep_base_loops", "fall_back")})
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)
+        os.makedirs(staging)
+        log_path = os.path.join(staging, "read_out_log.txt")
+        try:
+            with open(log_path, "w") as log_file:
+                log = _logger(log_file, show_progress)
+                cases = _cv_cases(staging, model, images_folder, labels_folder, None, log)
+                missing = sorted(set(held_out) - {case.name for case in cases})
+                if missing:
+                    raise InputError(f"held-out cases {missing[:3]} of {folder} have no CV prediction in {model.path}; "
+                                     f"retrain with nnUNetv2_train_rnca")
+                train_cases = [case for case in cases if case.name not in held_out]
+                val_cases = [case for case in cases if case.name in held_out]
+                log(f"read-out of {folder} chosen again: {len(train_cases)} training and {len(val_cases)} held-out "
+                    f"cases, device {device}; it was {kept.clean_up}")
+                refiner, final = decide_read_out(kept, train_cases, val_cases, config, log,
+                                                 os.path.join(staging, "read_out"))
+                final.iteration = _kept_checkpoint(folder)
+                log(f"read-out {refiner.clean_up}: {summary_line(final)}; {harm_summary(final)}")
+        finally:
+            for name in ("cases", "read_out"):
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+        record = TrainingRecord([], [], final)
+        kept_files = [os.path.join(folder, name) for name in ("training_log.txt", "progress.png")
+                      if os.path.isfile(os.path.join(folder, name))]
+        save_refiner(refiner, folder,
+                     [*write_training_outputs(staging, refiner, record, plot=False), *kept_files, log_path])
+        shutil.rmtree(staging, ignore_errors=True)
+    return refiner

@@ -6,7 +6,7 @@ Conventions: 2D foreground 8- / background 4-connected, 3D 26 / 6; a hole (a cav
 component that touches no image border. Label maps are (Z, Y, X); a 2D case is one slice (Z = 1)."""
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import cc3d
 import numpy as np
@@ -71,3 +71,18 @@ def apply_per_slice(ndim: int, function: Callable[..., np.ndarray], *arrays: np.
     if ndim == 2 and arrays[0].ndim == 4:
         return np.stack([function(*(a[:, z] for a in arrays)) for z in range(arrays[0].shape[1])], 1)
     return function(*arrays)
+
+
+def guarded_per_slice(guard: Callable[..., np.ndarray], segmentation: np.ndarray, base: np.ndarray,
+                      confidence: Optional[np.ndarray], *settings) -> np.ndarray:
+    """A guard of the base's topology or outline, `guard(segmentation, base, False, confidence, *settings)` on
+    (Z, Y, X) maps, applied slice by slice: a 2D rule's topology is a slice's."""
+    return np.stack([guard(s[None], b[None], False, None if confidence is None else c[None], *settings)[0]
+                     for s, b, c in zip(segmentation, base, confidence if confidence is not None else base)])
+
+
+def label_groups(segmentation: np.ndarray, base: np.ndarray) -> List[List[int]]:
+    """Each label of either map, and all of them together when there are several: the label sets whose
+    topology a guard keeps."""
+    labels = [int(v) for v in np.union1d(np.unique(segmentation), np.unique(base)) if v > 0]
+    return [[label] for label in labels] + ([labels] if len(labels) > 1 else [])

@@ -4,14 +4,15 @@ Growing-NCA style sample pool: evolved states go back into the pool, so the rule
 mask stable and keep cleaning it well past the training horizon. Patches come from sampling.py, the
 loss from loss.py and loss_weights.py, held-out checkpoint scores from validation.py, and the read-out
 sizes from readout.py; the checkpoint is chosen on held-out topology errors and harm, not on the loss, and
-so is the guard that keeps the base's topology where the rule's changes do not pay (readout.choose_guard).
+so is the read-out that keeps the base's topology and outline where the rule's changes do not pay
+(readout.decide_read_out).
 """
 from __future__ import annotations
 
 import functools
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,8 +26,7 @@ from rnca_nnunet.errors import InputError
 from rnca_nnunet.loss import refinement_loss
 from rnca_nnunet.loss_weights import loss_weights
 from rnca_nnunet.model import RNCA, RuleShape
-from rnca_nnunet.out_of_depth import with_fall_back
-from rnca_nnunet.readout import choose_guard, choose_read_out, harm_summary
+from rnca_nnunet.readout import decide_read_out, harm_summary
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import PatchSampler
 from rnca_nnunet.state import LabelSemantics, Normalisation
@@ -144,20 +144,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     refiner = refiner.replace(clean_up=CleanUp())
     if val_cases:
         best = min(validations, key=lambda v: v.score)
-        # with the guard search (the default) the sizes come from the training cases only, so the held-out ones
-        # choose the guard and score honestly; without it, from every CV case, as before the search
-        refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log,
-                                  work_folder)
-        if config.keep_base_loops:
-            refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
-            final = validate(refiner, val_cases, best.iteration)
-        elif config.guard_search:
-            refiner, final = choose_guard(refiner, val_cases, log, work_folder)
-        else:
-            final = validate(refiner, val_cases, best.iteration)
+        refiner, final = decide_read_out(refiner, train_cases, val_cases, config, log, work_folder)
         final.iteration = best.iteration
-        if config.fall_back:
-            refiner = with_fall_back(refiner, val_cases, log)
         log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
             f"{summary_line(final)}; {harm_summary(final)}")
     return refiner, TrainingRecord(losses, validations, final)

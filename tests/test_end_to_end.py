@@ -153,3 +153,38 @@ def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refi
                         str(folder / "base"), check=False)
     assert missing.returncode == 2 and "_0000.nii.gz not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_read_out_only_chooses_the_read_out_again_and_keeps_the_rule(trained_vessel_refiner, tmp_path):
+    """A refiner from before the outline guard (its key taken out of rnca.json) gets the read-out training would
+    choose now, on the same held-out cases, with its weights and training log untouched."""
+    model = trained_vessel_refiner
+    name = os.path.basename(model.raw_dataset)
+    copy = tmp_path / name / os.path.basename(model.model_folder)
+    shutil.copytree(model.model_folder, copy)
+    config_path = copy / "rnca" / "rnca.json"
+    trained = json.load(open(config_path))
+    older = {key: value for key, value in trained.items() if key != "outline_guard"}
+    json.dump(older, open(config_path, "w"))
+    env = dict(model.env, nnUNet_results=str(tmp_path))
+    again = ["nnUNetv2_train_rnca", str(model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu",
+             "--read_out_only", "--disable_progress_bar"]
+    model.run(*again, env=env)
+    folder = copy / "rnca"
+    assert sorted(os.listdir(folder)) == ["progress.png", "read_out_log.txt", "refiner.safetensors", "rnca.json",
+                                          "training_log.txt", "validation.json"]
+    assert json.load(open(config_path)) == trained, "the read-out training chose, outline guard included"
+    original = os.path.join(model.model_folder, "rnca")
+    for kept in ("refiner.safetensors", "training_log.txt", "progress.png"):
+        assert filecmp.cmp(folder / kept, os.path.join(original, kept), shallow=False), kept
+    chosen, before = (json.load(open(os.path.join(f, "validation.json"))) for f in (folder, original))
+    assert [chosen[key] for key in ("iteration", "per_class")] == [before[key] for key in ("iteration", "per_class")]
+    assert "outline guard 0 on" in open(folder / "read_out_log.txt").read()
+
+    json.dump({key: value for key, value in older.items() if key != "trained_on"}, open(config_path, "w"))
+    refused = model.run(*again, env=env, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+    assert "names no held-out cases" in refused.stderr and "retrain" in refused.stderr
+    assert "trained_on" not in json.load(open(config_path)), "nothing was written"
+    mixed = model.run(*again, "--iterations", "5", env=env, check=False)
+    assert mixed.returncode == 2 and "drop --iterations" in mixed.stderr
