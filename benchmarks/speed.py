@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from provenance import machine, provenance
+from topomortar import BASE_TRAINERS
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.device_policy import PRECISIONS
@@ -100,11 +101,16 @@ def timed_prediction(model_folder: str, images: str, out: str, mirroring: bool, 
     start = time.perf_counter()
     predictor.predict_from_files(images, out, num_processes_preprocessing=1, num_processes_segmentation_export=1)
     record["total_s"] = time.perf_counter() - start
+    if refine and not record["cases"]:
+        print(f"error: the refiner of {model_folder} refined none of the cases in {images}: the predictor no longer "
+              f"calls refine_case; time what it calls", file=sys.stderr)
+        sys.exit(2)
     return record
 
 
 class TimedRefiner:
-    """A refiner that adds the time, steps and voxel-steps of each `refine` to `record`."""
+    """A refiner that adds the time, steps and voxel-steps of each `refine_case` (what prediction calls) to
+    `record`."""
 
     def __init__(self, refiner, record: Dict[str, float]):
         self.refiner, self.record = refiner, record
@@ -112,16 +118,16 @@ class TimedRefiner:
     def __getattr__(self, name: str):
         return getattr(self.refiner, name)
 
-    def refine(self, image, probabilities, steps=None):
+    def refine_case(self, image, probabilities, steps=None):
         start = time.perf_counter()
-        result = self.refiner.refine(image, probabilities, steps)
+        case = self.refiner.refine_case(image, probabilities, steps)
         if self.refiner.device.type == "cuda":
             torch.cuda.synchronize()
         self.record["refine_s"] += time.perf_counter() - start
-        self.record["steps"] += result[2]
-        self.record["voxel_steps"] += result[2] * int(np.prod(image.shape[1:]))
+        self.record["steps"] += case.steps
+        self.record["voxel_steps"] += case.steps * int(np.prod(image.shape[1:]))
         self.record["cases"] += 1
-        return result
+        return case
 
 
 def pipeline_rows(kind: str, paths: Dict[str, str], out: str, precisions: List[str]) -> List[str]:
@@ -137,8 +143,8 @@ def pipeline_rows(kind: str, paths: Dict[str, str], out: str, precisions: List[s
     return rows
 
 
-def topomortar_rows(bench_folder: str, out: str, precisions: List[str]) -> List[str]:
-    """The TopoMortar demo base of `benchmarks/topomortar.py --parts nnunet` (its --out folder), all 5 folds
+def topomortar_rows(bench_folder: str, out: str, precisions: List[str], trainer: str = TRAINER) -> List[str]:
+    """The TopoMortar base of `benchmarks/topomortar.py --parts nnunet --trainer` (its --out folder), all 5 folds
     at --disable_tta, on its 20 val walls (256x256): the issue's setting for refinement <= 25% of nnU-Net."""
     results = os.path.join(bench_folder, "nnUNet_results")
     datasets = [d for d in sorted(os.listdir(results)) if d.startswith("Dataset950")] if os.path.isdir(results) else []
@@ -147,7 +153,7 @@ def topomortar_rows(bench_folder: str, out: str, precisions: List[str]) -> List[
               f"first (--topomortar names its --out folder)", file=sys.stderr)
         sys.exit(2)
     dataset = datasets[0]
-    model_folder = os.path.join(results, dataset, f"{TRAINER}__nnUNetPlans__2d")
+    model_folder = os.path.join(results, dataset, f"{trainer}__nnUNetPlans__2d")
     images = os.path.join(bench_folder, "nnUNet_raw", dataset, "imagesTs")
     os.environ.update(nnunet_environment(bench_folder))
     rows = []
@@ -155,8 +161,8 @@ def topomortar_rows(bench_folder: str, out: str, precisions: List[str]) -> List[
         plain = timed_prediction(model_folder, images, os.path.join(out, "plain"), False, False, folds=range(5))
         refined = timed_prediction(model_folder, images, os.path.join(out, "refined"), False, True, precision,
                                    range(5))
-        rows.append(pipeline_row("TopoMortar (5 folds)", "fastest (--disable_tta)", refined.pop("precision"), plain,
-                                 refined))
+        rows.append(pipeline_row(f"TopoMortar (5 folds, {trainer})", "fastest (--disable_tta)",
+                                 refined.pop("precision"), plain, refined))
         print(rows[-1], flush=True)
     return rows
 
@@ -308,6 +314,8 @@ def main() -> None:
                         choices=["pipeline", "memory", "training_memory", "rule", "topomortar"])
     parser.add_argument("--topomortar", default="bench_topomortar",
                         help="part topomortar: the --out folder of benchmarks/topomortar.py --parts nnunet")
+    parser.add_argument("--trainer", default=TRAINER, choices=BASE_TRAINERS,
+                        help="part topomortar: the base's nnU-Net trainer, as given to topomortar.py")
     parser.add_argument("--cases", type=int, default=10, help="training cases per dataset")
     parser.add_argument("--test_cases", type=int, default=5, help="predicted cases per dataset")
     parser.add_argument("--precisions", nargs="+", default=["default"], choices=["default", *PRECISIONS],
@@ -328,7 +336,7 @@ def main() -> None:
     if "topomortar" in args.parts:
         sections.append(PIPELINE_HEADER + "\n".join(topomortar_rows(os.path.abspath(args.topomortar),
                                                                     os.path.join(args.out, "topomortar"),
-                                                                    args.precisions)))
+                                                                    args.precisions, args.trainer)))
     if "memory" in args.parts:
         rows = memory_rows(os.path.join(paths["cardiac3d"]["model_folder"], "rnca"))
         sections.append("| refinement | cells | peak RSS added, GiB |\n|---|---|---|\n" + "\n".join(rows))

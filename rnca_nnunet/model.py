@@ -103,14 +103,17 @@ class RNCA(nn.Module):
         alive_before = self.alive(state)
         perceived = self._conv(state, self.perception_kernels, padding=1, groups=state.shape[1])
         width = self.update_in.in_channels // 2
-        delta = self.update_out(torch.relu(self._conv(perceived, self.update_in.weight[:, :width]) + drive))
+        # the ReLU and the alive mask act in place on tensors made here (out of place, a sum keeps the wider
+        # precision of its two sides, as autocast's bfloat16 convolutions need): the same numbers, less traffic
+        hidden = (self._conv(perceived, self.update_in.weight[:, :width]) + drive).relu_()
+        delta = self.update_out(hidden)
         if (self.training or generator is not None) and fire_rate < 1.0:
             draw = state[:, :1]
             draw = torch.rand_like(draw) if generator is None else \
                 torch.rand(draw.shape, generator=generator, device=draw.device, dtype=draw.dtype)
             delta = delta * (draw < fire_rate) / fire_rate
         state = state + delta
-        return state * (alive_before & self.alive(state))
+        return state.mul_(alive_before & self.alive(state))
 
     def forward(self, state: torch.Tensor, context_input: torch.Tensor, steps: int,
                 fire_rate: float = 1.0) -> torch.Tensor:
