@@ -11,57 +11,26 @@ mesh_2d with its seed changed). Every step keeps its output, so a stopped run re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from importlib import resources
 from typing import Dict
 
-from quality import compare_methods, linked_model_folder, write_markdown
-from topomortar import spread_table
+from quality import compare_methods, one_row_per_method, seed_folder, seeded_preset, spread_table, write_markdown
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.evaluate import evaluate_folders
 from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_environment, train_base_model
-from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner_folder import read_refiner
 
 DATASET_ID, PRESET, FOLDS = 984, "mesh_2d", [0, 1, 2, 3, 4]
 
 
-def seed_folder(base_out: str, dataset: str, seed: int) -> str:
-    """An --out for `seed`'s refiner: the base's nnU-Net raw and preprocessed folders and a model folder whose
-    dataset.json, plans.json and folds link to the base's, with no rnca/ of its own yet."""
-    out = os.path.join(base_out, "seeds", f"seed{seed}")
-    base_env, env = nnunet_environment(base_out), nnunet_environment(out)
-    os.makedirs(out, exist_ok=True)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
-        if not os.path.lexists(env[name]):
-            os.symlink(base_env[name], env[name])
-    model = os.path.join(dataset, f"{TRAINER}__nnUNetPlans__2d")
-    linked_model_folder(os.path.join(base_env["nnUNet_results"], model), os.path.join(env["nnUNet_results"], model),
-                        FOLDS)
-    return out
-
-
-def seeded_preset(out: str, seed: int) -> str:
-    """mesh_2d as shipped with only its seed changed, as a preset file a user could pass."""
-    values = json.loads(resources.files("rnca_nnunet.plugin_configs").joinpath(f"{PRESET}.json").read_text())
-    values["seed"] = seed
-    path = os.path.join(out, f"{PRESET}_seed{seed}.json")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            json.dump(values, handle, indent=2)
-    return path
-
-
 def run_seed(base_out: str, dataset: str, seed: int, log) -> Dict:
     """Train (or keep) `seed`'s refiner, write every method's test predictions, and evaluate them."""
     shipped = seed == load_preset(PRESET).seed
-    out = base_out if shipped else seed_folder(base_out, dataset, seed)
-    preset = PRESET if shipped else seeded_preset(out, seed)
+    out = base_out if shipped else seed_folder(base_out, dataset, seed, "2d", FOLDS)
+    preset = PRESET if shipped else seeded_preset(out, seed, PRESET)
     result = compare_methods(DATASET_ID, dataset, "2d", FOLDS, out, None, log, preset)
-    folders = {("clean-up alone" if name.startswith("clean-up alone") else name): folder  # one row over seeds
-               for name, folder in result["folders"].items()}
+    folders = one_row_per_method(result["folders"])
     read_out = str(read_refiner(os.path.join(result["model_folder"], "rnca")).clean_up)
     return {"summary": evaluate_folders(result["labels"], folders), "read_out": read_out}
 

@@ -15,11 +15,15 @@ import json
 import os
 import shutil
 import time
-from typing import List, Optional
+from importlib import resources
+from typing import List, Optional, Sequence
+
+import numpy as np
 
 from provenance import provenance
 from rnca_nnunet.experiments.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.cleanup import CleanUp
+from rnca_nnunet.config import load_preset
 from rnca_nnunet.data import read_model_folder
 from rnca_nnunet.experiments.demo import TRAINER, generate_dataset, nnunet_environment, run_step, train_base_model
 from rnca_nnunet.evaluate import COLUMNS, evaluate_folders
@@ -27,6 +31,7 @@ from rnca_nnunet.files import atomic_path
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.refiner_folder import read_refiner
 
+SPREAD_COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "beta1_signed")
 DATASETS = {"vessels2d": (981, "2d"), "cardiac2d": (982, "2d"), "cardiac3d": (983, "3d_fullres")}
 
 
@@ -70,6 +75,40 @@ def linked_model_folder(model_folder: str, copy: str, folds) -> str:
         if not os.path.lexists(os.path.join(copy, name)):
             os.symlink(os.path.join(model_folder, name), os.path.join(copy, name))
     return copy
+
+
+def one_row_per_method(folders: dict) -> dict:
+    """Method -> folder with names that are the same for every seed (the clean-up's sizes, which each seed's
+    read-out chose, out of its name), without the zero-shot rows only the first seed has."""
+    return {("clean-up alone" if name.startswith("clean-up alone") else name): folder
+            for name, folder in folders.items() if name != "rNCA zero-shot"}
+
+
+def seed_folder(base_out: str, dataset: str, seed: int, configuration: str, folds: Sequence[int],
+                trainer: str = TRAINER) -> str:
+    """An --out for `seed`'s refiner: the base's nnU-Net raw and preprocessed folders and a model folder whose
+    dataset.json, plans.json and folds link to the base's, with no rnca/ of its own yet."""
+    out = os.path.join(base_out, "seeds", f"seed{seed}")
+    base_env, env = nnunet_environment(base_out), nnunet_environment(out)
+    os.makedirs(out, exist_ok=True)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        if not os.path.lexists(env[name]):
+            os.symlink(base_env[name], env[name])
+    model = os.path.join(dataset, f"{trainer}__nnUNetPlans__{configuration}")
+    linked_model_folder(os.path.join(base_env["nnUNet_results"], model), os.path.join(env["nnUNet_results"], model),
+                        folds)
+    return out
+
+
+def seeded_preset(out: str, seed: int, preset: str) -> str:
+    """A shipped preset with only its seed changed, as a preset file a user could pass."""
+    values = json.loads(resources.files("rnca_nnunet.plugin_configs").joinpath(f"{preset}.json").read_text())
+    values["seed"] = seed
+    path = os.path.join(out, f"{preset}_seed{seed}.json")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(values, handle, indent=2)
+    return path
 
 
 def unguarded_model_folder(model_folder: str, out: str) -> str:
@@ -142,9 +181,12 @@ def main() -> None:
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2],
                         help="nnU-Net folds to train (CV predictions of the other folds' cases are not made); "
                              "three keep the CPU run under 30 minutes")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="refiner training seeds (one nnU-Net base each dataset; the other seeds' refiners are "
+                             "trained beside it from the preset with its seed changed); spread tables for several")
     parser.add_argument("--markdown", default=None, help="also write the tables to this markdown file")
     args = parser.parse_args()
-    started, tables, results = time.time(), [], {}
+    started, tables, results, per_seed = time.time(), [], {}, {}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.log"), "w") as log:
         for kind in args.datasets:
@@ -154,17 +196,57 @@ def main() -> None:
             dataset = generate_dataset(kind, dataset_id, args.cases, args.test_cases, env, log)
             train_base_model(dataset_id, configuration, env, log, args.folds)
             iterations = args.rnca_iterations_3d if configuration.startswith("3d") else args.rnca_iterations
-            results[kind] = compare_methods(dataset_id, dataset, configuration, args.folds, out, iterations, log)
+            preset = "default_3d" if configuration.startswith("3d") else "vessels_2d"  # nnUNetv2_train_rnca's
+            per_seed[kind] = []
+            for seed in args.seeds:
+                shipped = seed == load_preset(preset).seed
+                seed_out = out if shipped else seed_folder(out, dataset, seed, configuration, args.folds)
+                per_seed[kind].append(compare_methods(dataset_id, dataset, configuration, args.folds, seed_out,
+                                                      iterations, log, None if shipped else
+                                                      seeded_preset(seed_out, seed, preset)))
+            results[kind] = per_seed[kind][0]
         if {"cardiac2d", "cardiac3d"} <= set(results):
             zero_shot(results["cardiac2d"], results["cardiac3d"], os.path.abspath(os.path.join(args.out, "zero")), log)
     for kind, result in results.items():
-        tables.append(results_table(kind, evaluate_folders(result["labels"], result["folders"])))
+        tables.append(results_table(f"{kind} (seed {args.seeds[0]})" if len(args.seeds) > 1 else kind,
+                                    evaluate_folders(result["labels"], result["folders"])))
         print("\n" + tables[-1], flush=True)
+        if len(args.seeds) > 1:
+            seeds = [{"summary": evaluate_folders(r["labels"], one_row_per_method(r["folders"])),
+                      "read_out": str(read_refiner(os.path.join(r["model_folder"], "rnca")).clean_up)}
+                     for r in per_seed[kind]]
+            for name in seeds[0]["summary"]["mean"]["base"]:
+                tables.append(spread_table(f"{kind}, {name}", seeds, name))
+                print("\n" + tables[-1], flush=True)
     header = (f"Generated by `python benchmarks/quality.py` in {(time.time() - started) / 60:.0f} minutes on CPU; "
               f"{args.cases} training and {args.test_cases} held-out test cases per dataset; nnU-Net "
               f"`{TRAINER}` folds {args.folds}, predicted without test-time mirroring; rNCA "
-              f"{args.rnca_iterations} iterations ({args.rnca_iterations_3d or 'no 3D rule'} in 3D).")
+              f"{args.rnca_iterations} iterations ({args.rnca_iterations_3d or 'no 3D rule'} in 3D), refiner seeds "
+              f"{' '.join(map(str, args.seeds))}.")
     write_markdown(args.markdown, "Quality benchmark: generated datasets", header, tables)
+
+
+def spread_table(title: str, results: List[dict], label: str = "mortar") -> str:
+    """Mean (min-max) over seeds of each method's metrics and harm for `label`, one row per method."""
+    columns = [*SPREAD_COLUMNS, "repaired", "newly_broken", "made_worse"]
+    lines = [f"### {title}: mean (min-max) over {len(results)} seeds", "",
+             "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for method in results[0]["summary"]["mean"]:
+        cells = []
+        for column in columns:
+            if column in SPREAD_COLUMNS:
+                values = [r["summary"]["mean"][method][label][column] for r in results]
+            elif method == "base":
+                cells.append("-")
+                continue
+            else:
+                values = [r["summary"]["repair"][method][label][column] for r in results]
+            cells.append(f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if column in SPREAD_COLUMNS
+                         else f"{np.mean(values):.1f} ({min(values)}-{max(values)})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- seed {seed}: read-out {r['read_out']}" for seed, r in zip(range(len(results)), results)]
+    return "\n".join(lines)
 
 
 def write_markdown(path: Optional[str], title: str, header: str, tables: List[str]) -> None:

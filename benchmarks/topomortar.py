@@ -22,12 +22,10 @@ import time
 from dataclasses import replace
 from typing import List, Optional
 
-import numpy as np
-
 import torch
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
-from quality import compare_methods, results_table, write_markdown
+from quality import compare_methods, results_table, spread_table, write_markdown
 from rnca_nnunet.experiments.baselines import apply_to_folder, keep_largest_component, morphological_closing
 from rnca_nnunet.config import load_preset
 from rnca_nnunet.experiments.demo import TRAINER, nnunet_environment, train_base_model
@@ -66,7 +64,6 @@ def published_table() -> str:
     return "\n".join(lines)
 
 
-SPREAD_COLUMNS = ("dice", "cldice", "beta0_error", "beta1_error", "beta1_signed")
 
 
 def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Optional[int], seed: int) -> dict:
@@ -106,29 +103,6 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
         with open(tmp, "w") as handle:
             json.dump(result, handle)
     return result
-
-
-def spread_table(title: str, results: List[dict], label: str = "mortar") -> str:
-    """Mean (min-max) over seeds of each method's metrics and harm for `label`, one row per method."""
-    columns = [*SPREAD_COLUMNS, "repaired", "newly_broken", "made_worse"]
-    lines = [f"### {title}: mean (min-max) over {len(results)} seeds", "",
-             "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for method in results[0]["summary"]["mean"]:
-        cells = []
-        for column in columns:
-            if column in SPREAD_COLUMNS:
-                values = [r["summary"]["mean"][method][label][column] for r in results]
-            elif method == "base":
-                cells.append("-")
-                continue
-            else:
-                values = [r["summary"]["repair"][method][label][column] for r in results]
-            cells.append(f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if column in SPREAD_COLUMNS
-                         else f"{np.mean(values):.1f} ({min(values)}-{max(values)})")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines += [f"- seed {seed}: read-out {r['read_out']}" for seed, r in zip(range(len(results)), results)]
-    return "\n".join(lines)
 
 
 def write_refined(refiner: RNCARefiner, cases, out_folder: str) -> None:

@@ -29,8 +29,8 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p, 
 from skimage import io
 from skimage.transform import downscale_local_mean
 
-from quality import linked_model_folder, write_markdown
-from topomortar import BASE_TRAINERS, spread_table
+from quality import linked_model_folder, spread_table, write_markdown
+from topomortar import BASE_TRAINERS
 from rnca_nnunet import out_of_depth
 from rnca_nnunet.cleanup import rewritten_share
 from rnca_nnunet.config import config_to_dict, load_preset
