@@ -93,11 +93,9 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
     held-out ones choose the guards and score honestly; without it, from every CV case, as before the search."""
     refiner = refiner.replace(clean_up=CleanUp())
     refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
-    if config.keep_base_loops:
-        refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
-        final = validate(refiner, val_cases, 0)
-    elif config.guard_search:
-        refiner, final = choose_guard(refiner, val_cases, log, folder)
+    if config.guard_search or config.keep_base_loops:
+        refiner, final = choose_guard(refiner, val_cases, log, folder, (0.0,) if config.keep_base_loops else
+                                      GUARD_THRESHOLDS)
     else:
         final = validate(refiner, val_cases, 0)
     if config.fall_back:
@@ -106,9 +104,10 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
 
 
 def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
-                 folder: Optional[str] = None) -> Tuple[RNCARefiner, ValidationResult]:
-    """Choose the guard of the base's topology (`GUARD_THRESHOLDS`, safest first: a less safe one is taken only
-    when it scores strictly better), then the guard of its outline (`OUTLINE_THRESHOLDS`, the same way: it
+                 folder: Optional[str] = None, guards: Sequence[Optional[float]] = GUARD_THRESHOLDS
+                 ) -> Tuple[RNCARefiner, ValidationResult]:
+    """Choose the guard of the base's topology (`guards`, safest first: a less safe one is taken only when it
+    scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline (`OUTLINE_THRESHOLDS`, the same way: it
     changes no topology, so Dice alone decides), then leave unrefined every class on which the refinement does
     not score better than the base; returns the refiner with that read-out and its held-out result.
 
@@ -119,7 +118,7 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     held-out cases show no gain from changing the base's topology keeps it (train.py, unless a preset sets
     `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
-    refiner, _ = _choose_threshold(refiner, "guard", GUARD_THRESHOLDS, cases, refined, log)
+    refiner, _ = _choose_threshold(refiner, "guard", guards, cases, refined, log)
     refiner, best = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:

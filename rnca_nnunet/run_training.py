@@ -87,7 +87,8 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
         trained_on = {"dataset": model.dataset_name, "configuration": model.configuration,
                       "trainer": model.trainer, "plans": model.plans_identifier,
                       "channel_names": model.dataset_json["channel_names"],
-                      "held_out_cases": [c.name for c in val_cases]}
+                      "held_out_cases": [c.name for c in val_cases],
+                      "cv_folds": None if folds is None else sorted(int(f) for f in folds)}
         refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
                                         config, trained_on, device, log, show_progress, model.transpose_forward,
                                         os.path.join(staging, "read_out"))
@@ -121,14 +122,33 @@ def _cv_cases(staging: str, model: ModelFolder, images_folder: str, labels_folde
             for npz in predictions.values()]
 
 
-def _kept_checkpoint(folder: str) -> int:
-    """The training iteration of the kept rule, as its validation.json says (0 when it says nothing)."""
+def _kept_checkpoint(folder: str, log: Callable[[str], None]) -> Optional[int]:
+    """The training iteration of the kept rule, as its validation.json says; None, and a line in the log, when
+    it says nothing (the iteration only names the checkpoint: the read-out does not depend on it)."""
+    path = os.path.join(folder, "validation.json")
     try:
-        with open(os.path.join(folder, "validation.json"), encoding="utf-8") as handle:
-            iteration = json.load(handle).get("iteration", 0)
+        with open(path, encoding="utf-8") as handle:
+            iteration = json.load(handle).get("iteration")
     except (OSError, ValueError, AttributeError):
-        return 0
-    return iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else 0
+        iteration = None
+    if isinstance(iteration, int) and not isinstance(iteration, bool):
+        return iteration
+    log(f"{path} names no checkpoint iteration: the new validation.json says null")
+    return None
+
+
+def _kept_folds(folder: str, trained_on: dict, log: Callable[[str], None]) -> Optional[List[int]]:
+    """The CV folds a kept refiner was trained on, as its rnca.json says (None: all of them)."""
+    if "cv_folds" not in trained_on:
+        log(f"{folder}/rnca.json names no folds (trained before they were kept): every CV case not held out is a "
+            f"training case")
+        return None
+    folds = trained_on["cv_folds"]
+    if folds is not None and not (isinstance(folds, list) and folds and all(
+            isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds)):
+        raise InputError(f"{folder}/rnca.json: trained_on.cv_folds must be null or a list of fold numbers, got "
+                         f"{folds!r}; retrain with nnUNetv2_train_rnca")
+    return folds
 
 
 def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder: str, device: torch.device,
@@ -155,7 +175,8 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
         try:
             with open(log_path, "w") as log_file:
                 log = _logger(log_file, show_progress)
-                cases = _cv_cases(staging, model, images_folder, labels_folder, None, log)
+                cases = _cv_cases(staging, model, images_folder, labels_folder,
+                                  _kept_folds(folder, kept.trained_on, log), log)
                 missing = sorted(set(held_out) - {case.name for case in cases})
                 if missing:
                     raise InputError(f"held-out cases {missing[:3]} of {folder} have no CV prediction in {model.path}; "
@@ -166,7 +187,7 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
                     f"cases, device {device}; it was {kept.clean_up}")
                 refiner, final = decide_read_out(kept, train_cases, val_cases, config, log,
                                                  os.path.join(staging, "read_out"))
-                final.iteration = _kept_checkpoint(folder)
+                final.iteration = _kept_checkpoint(folder, log)
                 log(f"read-out {refiner.clean_up}: {summary_line(final)}; {harm_summary(final)}")
         finally:
             for name in ("cases", "read_out"):

@@ -40,7 +40,7 @@ def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int,
 
 @dataclass
 class ValidationResult:
-    iteration: int
+    iteration: Optional[int]  # the training iteration of the rule scored (None: unknown, see run_training)
     before: Dict[str, Dict[str, float]]
     after: Dict[str, Dict[str, float]]
     per_case: List[Dict]

@@ -6,6 +6,8 @@ import filecmp
 import json
 import os
 import shutil
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -155,20 +157,26 @@ def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refi
     assert "Traceback" not in missing.stderr
 
 
+def _copied_model_folder(model, results: Path) -> Tuple[Path, Dict[str, str], List[str]]:
+    """A copy of the model folder (rnca/ included) under `results`: (its path, the environment that finds it,
+    the --read_out_only command)."""
+    copy = results / os.path.basename(model.raw_dataset) / os.path.basename(model.model_folder)
+    shutil.copytree(model.model_folder, copy)
+    command = ["nnUNetv2_train_rnca", str(model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu",
+               "--read_out_only", "--disable_progress_bar"]
+    return copy, dict(model.env, nnUNet_results=str(results)), command
+
+
 def test_read_out_only_chooses_the_read_out_again_and_keeps_the_rule(trained_vessel_refiner, tmp_path):
     """A refiner from before the outline guard (its key taken out of rnca.json) gets the read-out training would
     choose now, on the same held-out cases, with its weights and training log untouched."""
     model = trained_vessel_refiner
-    name = os.path.basename(model.raw_dataset)
-    copy = tmp_path / name / os.path.basename(model.model_folder)
-    shutil.copytree(model.model_folder, copy)
+    copy, env, again = _copied_model_folder(model, tmp_path)
     config_path = copy / "rnca" / "rnca.json"
     trained = json.load(open(config_path))
+    assert trained["trained_on"]["cv_folds"] is None, "trained on every fold"
     older = {key: value for key, value in trained.items() if key != "outline_guard"}
     json.dump(older, open(config_path, "w"))
-    env = dict(model.env, nnUNet_results=str(tmp_path))
-    again = ["nnUNetv2_train_rnca", str(model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu",
-             "--read_out_only", "--disable_progress_bar"]
     model.run(*again, env=env)
     folder = copy / "rnca"
     assert sorted(os.listdir(folder)) == ["progress.png", "read_out_log.txt", "refiner.safetensors", "rnca.json",
@@ -188,3 +196,29 @@ def test_read_out_only_chooses_the_read_out_again_and_keeps_the_rule(trained_ves
     assert "trained_on" not in json.load(open(config_path)), "nothing was written"
     mixed = model.run(*again, "--iterations", "5", env=env, check=False)
     assert mixed.returncode == 2 and "drop --iterations" in mixed.stderr
+
+
+def test_read_out_only_takes_the_folds_and_the_flags_the_refiner_was_trained_with(trained_vessel_refiner, tmp_path):
+    """A refiner trained on fold 0 alone is read out again on fold 0's cases alone, one trained with
+    --keep_base_loops keeps guard 0 and still gets an outline guard, and a bad fold list stops with one line."""
+    model = trained_vessel_refiner
+    copy, env, again = _copied_model_folder(model, tmp_path)
+    config_path = copy / "rnca" / "rnca.json"
+    config = json.load(open(config_path))
+    fold_0 = sorted(name[:-len(".npz")] for name in os.listdir(copy / "fold_0" / "validation") if name.endswith(".npz"))
+    config["trained_on"].update(cv_folds=[0], held_out_cases=fold_0[:1])
+    config["trained_on"]["train"]["keep_base_loops"] = True
+    json.dump(config, open(config_path, "w"))
+    model.run(*again, env=env)
+    log = open(copy / "rnca" / "read_out_log.txt").read()
+    assert f"chosen again: {len(fold_0) - 1} training and 1 held-out cases" in log
+    assert "\nguard 0 on 1 held-out" in log and "\nguard 0.6 on" not in log, "--keep_base_loops: guard 0 alone"
+    assert "outline guard 0.99 on 1 held-out" in log
+    chosen = json.load(open(config_path))
+    assert chosen["guard"] == 0.0 and "outline_guard" in chosen and chosen["trained_on"] == config["trained_on"]
+
+    config["trained_on"]["cv_folds"] = "0"
+    json.dump(config, open(config_path, "w"))
+    refused = model.run(*again, env=env, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+    assert "trained_on.cv_folds must be null or a list of fold numbers" in refused.stderr
