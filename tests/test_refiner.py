@@ -10,7 +10,7 @@ import torch
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.cpu_memory import reuse_freed_memory
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.model import RNCA, RuleShape
+from rnca_nnunet.model import RNCA, RuleShape, memory_format
 from rnca_nnunet.device_policy import default_precision
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import LabelSemantics, Normalisation
@@ -276,3 +276,30 @@ def test_replace_leaves_the_device_defaults_to_the_device(monkeypatch):
     monkeypatch.setattr(refiner_module, "default_channels_last", lambda device: False)
     assert not defaulted.replace(steps=3).channels_last
     assert asked.replace(steps=3).channels_last
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_the_rule_gives_the_same_states_and_gradients_in_either_layout(ndim):
+    """Channels-last runs the update as matrix products over the cells, the other layout as convolutions:
+    the two must be one rule, in inference, in stochastic firing and in training's gradients."""
+    torch.manual_seed(0)
+    shape = RuleShape(ndim=ndim, context_channels=3, mask_channels=2, hidden_channels=4, update_width=16)
+    model = RNCA(shape)
+    torch.nn.init.normal_(model.update_out.weight, std=0.3)
+    spatial = (12, 10) if ndim == 2 else (6, 8, 7)
+    mask, context = torch.rand(2, 2, *spatial), torch.rand(2, 3, *spatial)
+    results = []
+    for channels_last in (True, False):
+        layout = memory_format(ndim, channels_last)
+        model.to(memory_format=layout)
+        model.zero_grad()
+        state = model.initial_state(mask, layout)
+        assert state.is_contiguous(memory_format=layout)
+        final, _ = model.rollout(state, context.contiguous(memory_format=layout), 6, 0.5,
+                                 generator=torch.Generator().manual_seed(1))
+        final.square().sum().backward()
+        results.append((final.detach().contiguous(), model.update_in.weight.grad.clone()))
+    (states, gradients), (states_other, gradients_other) = results
+    assert states.abs().max() > 0.05, "the rule must change the state for the test to mean anything"
+    torch.testing.assert_close(states, states_other, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gradients, gradients_other, rtol=1e-4, atol=1e-5)
