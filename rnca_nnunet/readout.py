@@ -93,10 +93,12 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
     held-out ones choose the guards and score honestly; without it, from every CV case, as before the search."""
     refiner = refiner.replace(clean_up=CleanUp())
     refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
-    if config.guard_search or config.keep_base_loops:
-        refiner, final = choose_guard(refiner, val_cases, log, folder, (0.0,) if config.keep_base_loops else
-                                      GUARD_THRESHOLDS)
+    if config.guard_search:
+        refiner, final = choose_guard(refiner, val_cases, log, folder,
+                                      (0.0,) if config.keep_base_loops else GUARD_THRESHOLDS)
     else:
+        if config.keep_base_loops:
+            refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
         final = validate(refiner, val_cases, 0)
     if config.fall_back:
         refiner = with_fall_back(refiner, val_cases, log)
@@ -107,9 +109,10 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
                  folder: Optional[str] = None, guards: Sequence[Optional[float]] = GUARD_THRESHOLDS
                  ) -> Tuple[RNCARefiner, ValidationResult]:
     """Choose the guard of the base's topology (`guards`, safest first: a less safe one is taken only when it
-    scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline (`OUTLINE_THRESHOLDS`, the same way: it
-    changes no topology, so Dice alone decides), then leave unrefined every class on which the refinement does
-    not score better than the base; returns the refiner with that read-out and its held-out result.
+    scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
+    (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then leave unrefined
+    every class on which the refinement does not score better than the base; returns the refiner with that
+    read-out and its held-out result.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
