@@ -29,6 +29,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # checkpoints are the weights' moving average with this decay (0: the weights themselves)
     error_weight: float = 4.0
     topology_weight: float = 50.0
     corrupted_fraction: float = 0.25
@@ -131,6 +132,7 @@ def check_config(config: TrainConfig, source: str) -> None:
     for name in ("weight_decay", "error_weight", "topology_weight"):
         _check(getattr(c, name) >= 0, source, name, getattr(c, name), ">= 0")
     _check(c.grad_clip > 0, source, "grad_clip", c.grad_clip, "> 0")
+    _check(0 <= c.ema_decay < 1, source, "ema_decay", c.ema_decay, "in [0, 1) (0: off)")
     for name in ("corrupted_fraction", "p_scale_rotate", "p_local_intensity", "fill_holes"):
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")

@@ -3,9 +3,9 @@
 Growing-NCA style sample pool: evolved states go back into the pool, so the rule learns to keep a
 mask stable and keep cleaning it well past the training horizon. Patches come from sampling.py, the
 loss from loss.py and loss_weights.py, held-out checkpoint scores from validation.py, and the read-out
-sizes from readout.py; the checkpoint is chosen on held-out topology errors and harm, not on the loss, and
-so is the read-out that keeps the base's topology and outline where the rule's changes do not pay
-(readout.decide_read_out).
+sizes from readout.py. A checkpoint is the weights' moving average (`ema_decay`; 0: the weights), chosen
+on held-out topology errors and harm, not on the loss, and so is the read-out that keeps the base's
+topology and outline where the rule's changes do not pay (readout.decide_read_out).
 """
 from __future__ import annotations
 
@@ -69,6 +69,18 @@ def restores_global_random_state(train: Callable) -> Callable:
     return wrapper
 
 
+def update_average(average: dict, model: torch.nn.Module, decay: float, iteration: int) -> None:
+    """The weights' exponential moving average, its decay ramped up as (1 + i) / (10 + i) so that early
+    checkpoints are not pulled towards the random initial weights; decay 0 keeps the weights themselves."""
+    weight = 1 - min(decay, (1 + iteration) / (10 + iteration))
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                average[name].lerp_(value, weight)
+            else:
+                average[name].copy_(value)
+
+
 @restores_global_random_state
 def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
                   normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict,
@@ -102,6 +114,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     losses: List[float] = []
     validations: List[ValidationResult] = []
     best_state, best_score = None, float("inf")
+    average = {n: p.detach().clone() for n, p in model.state_dict().items()}
     started = time.time()
     for iteration in tqdm(range(1, config.iterations + 1), desc="training rNCA", disable=not show_progress):
         model.train()
@@ -127,18 +140,21 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
             raise TrainingDiverged(f"weights became non-finite at iteration {iteration}; nothing was saved and any "
                                    f"earlier rnca/ is kept; lower learning_rate or grad_clip in the preset")
         schedule.step()
+        update_average(average, model, config.ema_decay, iteration)
         pool["state"][index] = state.detach()
         losses.append(float(loss.detach()))
         if val_cases and (iteration % config.validate_every == 0 or iteration == config.iterations):
             model.eval()
+            trained = {n: p.detach().clone() for n, p in model.state_dict().items()}
+            model.load_state_dict(average)
             result = validate(refiner, val_cases, iteration)
             validations.append(result)
             log(f"iteration {iteration}: loss {np.mean(losses[-config.validate_every:]):.4f} "
                 f"{summary_line(result)} score {result.score:.3f} ({time.time() - started:.0f} s)")
             if result.score < best_score:
-                best_score, best_state = result.score, {n: p.detach().clone() for n, p in model.state_dict().items()}
-    if best_state is not None:
-        model.load_state_dict(best_state)
+                best_score, best_state = result.score, {n: p.clone() for n, p in average.items()}
+            model.load_state_dict(trained)
+    model.load_state_dict(best_state if best_state is not None else average)
     model.eval()
     final = None
     refiner = refiner.replace(clean_up=CleanUp())

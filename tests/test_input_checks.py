@@ -137,6 +137,7 @@ def test_non_finite_inputs_are_refused():
     ({"steps_min": 40, "steps_max": 20}, "steps_min/steps_max"),
     ({"batch_size": 300}, "batch_size = 300 is invalid"),
     ({"seed": -1}, "seed = -1 is invalid"),
+    ({"ema_decay": 1.0}, "ema_decay = 1.0 is invalid"),
 ])
 def test_impossible_training_settings_are_refused(tmp_path, values, message):
     preset = tmp_path / "preset.json"

@@ -1,5 +1,5 @@
 """Training patches: intensity augmentation reaches the image channels only, scaling and rotation keep
-labels binary, and a seed fixes a whole training."""
+labels binary, a seed fixes a whole training, and the refiner keeps the weights' moving average."""
 import random
 
 import numpy as np
@@ -7,10 +7,11 @@ import torch
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from rnca_nnunet.config import load_preset
+from rnca_nnunet.model import RNCA
 from rnca_nnunet.sampling import PatchSampler, intensity_augmentation, topology_error_count
 from rnca_nnunet.state import LabelSemantics, Normalisation
 from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
-from rnca_nnunet.train import train_refiner
+from rnca_nnunet.train import train_refiner, update_average
 
 
 class AddThousand(AbstractTransform):
@@ -74,6 +75,38 @@ def test_the_seed_fixes_a_training_whatever_random_numbers_were_drawn_before():
         weights.append(torch.cat([p.detach().flatten() for p in refiner.model.parameters()]))
     assert losses[0] == losses[1]
     assert torch.equal(weights[0], weights[1])
+
+
+def test_the_moving_average_ramps_up_and_leaves_the_training_as_it_was():
+    """update_average follows decay min(d, (1 + i) / (10 + i)); a training with ema_decay draws the same
+    batches and losses as one without (the average is only read out) and keeps different weights."""
+    layer = torch.nn.Linear(1, 1, bias=False)
+    average = {name: value.detach().clone() for name, value in layer.state_dict().items()}
+    expected = float(layer.weight)
+    for iteration, value in enumerate((1.0, 2.0, 3.0, 4.0), start=1):
+        layer.weight.data.fill_(value)
+        update_average(average, layer, 0.5, iteration)
+        decay = min(0.5, (1 + iteration) / (10 + iteration))
+        expected = decay * expected + (1 - decay) * value
+        assert abs(float(average["weight"]) - expected) < 1e-6
+    update_average(average, layer, 0.0, 5)
+    assert float(average["weight"]) == 4.0, "decay 0 keeps the weights themselves"
+
+    cases = corrupted_cases("vessels2d", 3, seed=7)
+    trained = {}
+    for decay in (0.0, 0.9):
+        config = load_preset("vessels_2d", {"iterations": 30, "validate_every": 100, "pool_size": 16,
+                                            "batch_size": 4, "ema_decay": decay})
+        refiner, record = train_refiner(cases, [], LabelSemantics(GENERATORS["vessels2d"][1]),
+                                        Normalisation(["ZScoreNormalization"], {}), 2, config, {},
+                                        torch.device("cpu"), log=lambda line: None, show_progress=False)
+        trained[decay] = (record.losses, torch.cat([p.detach().flatten() for p in refiner.model.parameters()]))
+    torch.manual_seed(0)  # the training's seed: its initial weights
+    initial = torch.cat([p.detach().flatten() for p in RNCA(refiner.model.shape).parameters()])
+    (losses, final), (average_losses, averaged) = trained[0.0], trained[0.9]
+    assert losses == average_losses, "the average must not feed back into the training"
+    assert not torch.allclose(final, averaged), "the refiner must keep the average, not the last weights"
+    assert (averaged - final).norm() < 0.5 * (initial - final).norm(), "the average follows the training"
 
 
 def test_cases_with_more_topology_errors_are_drawn_more_often():
