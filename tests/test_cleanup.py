@@ -100,6 +100,25 @@ def test_the_read_out_never_fills_holes_the_size_of_the_labels_own():
     assert (refiner.clean_segmentation(prediction)[0, 70:75, 5:10] == 0).all()
 
 
+def test_the_read_out_keeps_the_largest_fill_that_ties_on_the_training_cases():
+    """On its training cases the rule leaves only 3-cell pinholes, so every fill from 4 to 64 cells scores the
+    same; under a change of the images larger spurious holes come, and only the largest tied fill (still below
+    the 144-cell bricks) closes them. The smallest tied value, kept until 2026-12-04, leaves them open."""
+    from rnca_nnunet.readout import choose_read_out
+
+    wall = brick_wall(12, 5)
+    label = np.concatenate([wall, np.ones((1, 14, wall.shape[2]), np.uint8)], 1)  # a solid band of mortar below
+    prediction = label.copy()
+    for x in range(4, 60, 8):
+        prediction[0, 70, x:x + 3] = 0  # seven pinholes of 3 cells
+    refiner = choose_read_out(identity_refiner(), one_case(prediction, label), log=lambda line: None)
+    assert refiner.clean_up.min_hole_size == 64 and refiner.clean_up.max_hole_radius == 3.0, refiner.clean_up
+    shifted = label.copy()
+    shifted[0, 70:75, 20:25] = 0  # a spurious 25-cell hole, as an occluder makes
+    assert (refiner.clean_segmentation(shifted)[0, 70:75, 20:25] == 1).all()
+    assert sorted(hole_measures(refiner.clean_segmentation(shifted), True)[0].tolist()) == [144] * 25
+
+
 def test_thin_holes_are_filled_by_thickness_whatever_their_area():
     segmentation = np.ones((2, 30, 60), np.uint8)
     segmentation[:, 3:5, 3:57] = 0  # a sliver two cells thin and 108 cells long: radius 1

@@ -82,7 +82,7 @@ def test_the_moving_average_ramps_up_and_leaves_the_training_as_it_was():
     batches and losses as one without (the average is only read out) and keeps different weights."""
     layer = torch.nn.Linear(1, 1, bias=False)
     average = {name: value.detach().clone() for name, value in layer.state_dict().items()}
-    expected = float(layer.weight)
+    expected = float(layer.weight.detach())
     for iteration, value in enumerate((1.0, 2.0, 3.0, 4.0), start=1):
         layer.weight.data.fill_(value)
         update_average(average, layer, 0.5, iteration)
