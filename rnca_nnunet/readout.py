@@ -1,7 +1,8 @@
 """Choose the read-out on the CV cases, beside cleanup.py as nnU-Net keeps its post-processing search beside
-its connected-component code: the clean-up's sizes on the training cases, then the guard of the base's
-topology and the classes left unrefined on the held-out ones, each kept only where it scores strictly better
-than the safer choice (`guard_search: false` in a preset: sizes on every CV case and no guard, as before)."""
+its connected-component code: the clean-up's sizes on the training cases (the largest within
+`READ_OUT_TOLERANCE` of the best score), then the guard of the base's topology and the classes left unrefined on
+the held-out ones, each of these kept only where it scores strictly better than the safer choice
+(`guard_search: false` in a preset: sizes on every CV case and no guard, as before)."""
 from __future__ import annotations
 
 from dataclasses import replace
