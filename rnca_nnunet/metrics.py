@@ -9,6 +9,11 @@ Conventions (stated because published numbers differ with them):
   two directed 95th percentiles. Both in physical units from the spacing.
 - Signed errors (beta0_signed, beta1_signed): prediction minus label, so components or holes added count
   up and lost ones down; their mean shows which way a method errs, which the absolute errors hide.
+- Broken: a case whose topology is not the label's. Its Betti numbers differ, or its components and its
+  background regions (holes, cavities, and the outside as one) do not pair one to one with the label's, each
+  with the one it overlaps most. Equal counts are not enough: a brick opened to the image border and a bridge
+  across another leave beta1 as it was, and such a case is not one nnU-Net got right. Handles (3D beta1) are
+  compared by count only.
 - Empty masks: Dice/clDice are 1 when both are empty, 0 when one is; surface distances are 0 when both
   are empty and the image diagonal when only one is. No metric returns NaN.
 """
@@ -22,7 +27,7 @@ from scipy import ndimage
 from skimage.measure import euler_number
 from skimage.morphology import skeletonize
 
-from rnca_nnunet.topology import enclosed_background
+from rnca_nnunet.topology import enclosed_background, matched_one_to_one
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -59,6 +64,16 @@ def betti_numbers(mask: np.ndarray) -> Sequence[int]:
     return beta0, beta0 + beta2 - euler, beta2
 
 
+def same_structure(pred: np.ndarray, ref: np.ndarray) -> bool:
+    """Whether two binary masks' components and background regions (the outside as one) pair one to one
+    (`topology.matched_one_to_one`): the right topology in the right places, not only the right counts."""
+    fg, bg = (8, 4) if pred.ndim == 2 else (26, 6)
+    pieces = [cc3d.connected_components(m.view(np.uint8), connectivity=fg) for m in (pred, ref)]
+    regions = [cc3d.connected_components(np.pad(~m, 1, constant_values=True).view(np.uint8), connectivity=bg)
+               for m in (pred, ref)]
+    return matched_one_to_one(*pieces) and matched_one_to_one(*regions)
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
@@ -84,7 +99,7 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) 
     result = {"dice": dice(pred, ref), "cldice": cl_dice(pred, ref),
               "beta0_error": abs(betti_pred[0] - betti_ref[0]), "beta1_error": abs(betti_pred[1] - betti_ref[1]),
               "beta0_signed": betti_pred[0] - betti_ref[0], "beta1_signed": betti_pred[1] - betti_ref[1],
-              "broken": float(tuple(betti_pred[:2]) != tuple(betti_ref[:2]))}
+              "broken": float(tuple(betti_pred) != tuple(betti_ref) or not same_structure(pred, ref))}
     result.update(surface_distances(pred, ref, spacing))
     return result
 

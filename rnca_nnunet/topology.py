@@ -54,6 +54,31 @@ def overlapping_pairs(ours: np.ndarray, theirs: np.ndarray) -> Tuple[np.ndarray,
     return distinct_pairs(ours[both], theirs[both], int(theirs.max()) + 1)
 
 
+def matched_one_to_one(ours: np.ndarray, theirs: np.ndarray) -> bool:
+    """Whether two labellings' labels pair up one to one, each with the other's label it overlaps most (ties to the
+    lower label): every label has a partner, and the partner's partner is itself. A region that overlaps a
+    second one by a sliver (an outline one cell off) still pairs with its own; one that overlaps nothing, or a
+    second region as much as its own, does not."""
+    n, m = int(ours.max()), int(theirs.max())
+    if n != m:
+        return False
+    if n == 0:
+        return True
+    both = (ours > 0) & (theirs > 0)
+    keys, counts = np.unique(ours[both].astype(np.int64) * (m + 1) + theirs[both], return_counts=True)
+    first, second = keys // (m + 1), keys % (m + 1)
+    partners = []
+    for mine, other in ((first, second), (second, first)):
+        order = np.lexsort((other, -counts, mine))  # per label, its largest overlap first
+        labels, starts = np.unique(mine[order], return_index=True)
+        if len(labels) != n:
+            return False  # a region that overlaps none of the other's
+        best = np.zeros(n + 1, np.int64)
+        best[labels] = other[order][starts]
+        partners.append(best)
+    return bool((partners[1][partners[0][1:]] == np.arange(1, n + 1)).all())
+
+
 def overlap_counts(ours: np.ndarray, theirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per label of each of two labellings, how many of the other's labels it overlaps."""
     pairs = overlapping_pairs(ours, theirs)

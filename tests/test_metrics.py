@@ -113,3 +113,53 @@ def test_signed_betti_errors_say_which_way_a_mask_errs():
     metrics = binary_metrics(pred, ref, (1.0, 1.0))
     assert (metrics["beta0_signed"], metrics["beta1_signed"]) == (1, -1)
     assert (metrics["beta0_error"], metrics["beta1_error"]) == (1, 1)
+
+
+def brick_rows(brick: int = 6, count: int = 3) -> np.ndarray:
+    """Mortar (True) around count x count square bricks, mortar on every image edge."""
+    size = count * (brick + 1) + 1
+    wall = np.ones((size, size), bool)
+    for i in range(count):
+        for j in range(count):
+            wall[1 + i * (brick + 1):(i + 1) * (brick + 1), 1 + j * (brick + 1):(j + 1) * (brick + 1)] = False
+    return wall
+
+
+def test_a_case_whose_errors_cancel_is_broken_though_its_betti_numbers_are_right():
+    """A brick opened to the image edge (one loop lost) and a bridge across another (one loop added) leave
+    beta0 and beta1 as the label's: the TopoMortar held-out wall 017 of the demo base was such a case, counted
+    intact, and a rule that removed its bridge was charged with breaking it, which turned the whole guard off."""
+    label = brick_rows()
+    prediction = label.copy()
+    prediction[3, 0] = False  # the left brick of the top row opens to the edge
+    prediction[15:21, 11] = True  # the middle brick split by a bridge
+    metrics = binary_metrics(prediction, label, (1.0, 1.0))
+    assert (metrics["beta0_error"], metrics["beta1_error"]) == (0, 0)
+    assert metrics["broken"] == 1.0
+    bridge_removed = label.copy()
+    bridge_removed[3, 0] = False
+    assert binary_metrics(bridge_removed, label, (1.0, 1.0))["broken"] == 1.0
+
+
+def test_outlines_a_cell_off_leave_a_case_intact():
+    label = brick_rows()
+    prediction = label.copy()
+    prediction[:, 7:9] = True  # a vertical joint one cell thicker, into the bricks on its right
+    prediction[2:5, 1:3] = True  # a brick's corner filled in, the brick still open
+    prediction[7, 1:7], prediction[8, 1:7] = False, True  # a horizontal joint moved down by a cell
+    metrics = binary_metrics(prediction, label, (1.0, 1.0))
+    assert metrics["broken"] == 0.0 and metrics["dice"] < 1.0
+
+
+def test_3d_components_and_cavities_must_pair_with_the_labels():
+    label = np.zeros((12, 12, 24), bool)
+    label[2:10, 2:10, 2:10] = True
+    label[4:8, 4:8, 4:8] = False  # a shell with a cavity
+    label[2:10, 2:10, 14:22] = True  # and a solid block
+    prediction = label.copy()
+    prediction[4:8, 4:8, 4:8] = True  # the cavity filled ...
+    prediction[2:10, 2:10, 14:22][2:6, 2:6, 2:6] = False  # ... and one opened in the block: the same Betti numbers
+    metrics = binary_metrics(prediction, label, (1.0, 1.0, 1.0))
+    assert tuple(betti_numbers(prediction)) == tuple(betti_numbers(label))
+    assert metrics["broken"] == 1.0
+    assert binary_metrics(label, label, (1.0, 1.0, 1.0))["broken"] == 0.0
