@@ -29,6 +29,9 @@ GUARD_THRESHOLDS = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, None)
 # nnU-Net was at least that sure of, None none (see outline.keep_base_outline); a search on the held-out cases,
 # since on TopoMortar's 5x base nnU-Net's outlines were the better ones and on generated membranes the rule's
 OUTLINE_THRESHOLDS = GUARD_THRESHOLDS
+# whether holes the rule joined from the base's pinholes are filled (cleanup.fill_joined_pinholes), safest first:
+# on is what the clean-up alone does with those pinholes
+JOINED_PINHOLE_FILLS = (True, False)
 REAL_HOLE_PERCENTILE = 1.0  # holes as large, or as thick, as the smallest 1% of the labels' own are never filled
 # a larger clean-up value is kept when it scores within this much of the best (0.005: half a percent of the base's
 # topology errors). On the training cases the rule leaves few small holes, so fills of 4 and 16 cells tie there,
@@ -119,7 +122,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
                  ) -> Tuple[RNCARefiner, ValidationResult]:
     """Choose the guard of the base's topology (`guards`, safest first: a less safe one is taken only when it
     scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
-    (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then leave unrefined
+    (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then whether holes the
+    rule joined from the base's pinholes are filled (on first, as the clean-up alone would), then leave unrefined
     every class on which the refinement does not score better than the base; returns the refiner with that
     read-out and its held-out result.
 
@@ -131,7 +135,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
     refiner, _ = _choose_threshold(refiner, "guard", guards, cases, refined, log)
-    refiner, best = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
+    refiner, _ = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
+    refiner, best = _choose_threshold(refiner, "fill_joined_pinholes", JOINED_PINHOLE_FILLS, cases, refined, log)
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:
         log(f"{name}: refiner {'OFF' if name in unhelped else 'on'} (held-out score {best.decision_score([name]):.3f},"
@@ -154,7 +159,9 @@ def _choose_threshold(refiner: RNCARefiner, setting: str, thresholds: Sequence[O
         result = validate(refiner.replace(clean_up=replace(refiner.clean_up, **{setting: threshold})), cases, 0,
                           refined)
         score = result.decision_score(list(result.after))
-        log(f"{setting.replace('_', ' ')} {'off' if threshold is None else f'{threshold:g}'} on {len(cases)} "
+        shown = ("yes" if threshold else "no") if isinstance(threshold, bool) else \
+            "off" if threshold is None else f"{threshold:g}"
+        log(f"{setting.replace('_', ' ')} {shown} on {len(cases)} "
             f"held-out cases: {summary_line(result)} {harm_summary(result)} score {score:.3f}")
         if score < best_score - 1e-6:
             best, chosen, best_score = result, threshold, score

@@ -52,10 +52,11 @@ def test_tiled_refinement_equals_untiled(ndim, shape, plan):
 
 def test_save_and_load_round_trip(tmp_path):
     refiner = random_refiner(2).replace(clean_up=CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,),
-                                                         fall_back_above=0.75))
+                                                         fall_back_above=0.75, fill_joined_pinholes=True))
     save_refiner(refiner, str(tmp_path / "rnca"))
     loaded = read_refiner(str(tmp_path / "rnca"), torch.device("cpu"))
-    assert loaded.clean_up == CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,), fall_back_above=0.75)
+    assert loaded.clean_up == CleanUp(4, 8, 1.5, guard=0.8, unrefined_labels=(2,), fall_back_above=0.75,
+                                      fill_joined_pinholes=True)
     image, probabilities = random_case((1, 32, 32))
     a, seg_a, _ = refiner.refine(image, probabilities)
     b, seg_b, _ = loaded.refine(image, probabilities)
