@@ -41,7 +41,7 @@ from rnca_nnunet.validation import split_cases
 
 PRESET = "mesh_2d"  # loop-rich thin networks; see plugin_configs/mesh_2d.json
 # nnU-Net bases of three training lengths (rnca_nnunet/nnunet_trainers): 150, 750 and 3000 iterations a fold.
-BASE_TRAINERS = (TRAINER, "nnUNetTrainer_rncaDemo5x", "nnUNetTrainer_rncaDemo20x")
+BASE_TRAINERS = (TRAINER, "nnUNetTrainer_rncaDemo5x", "nnUNetTrainer_rncaDemo10x", "nnUNetTrainer_rncaDemo20x")
 
 # Valverde et al. 2025 (the TopoMortar paper), in-distribution test split, full resolution, a U-Net trained
 # with CE + Dice and then retrained with topology losses: (method, beta0 error, beta1 error, training cost).
