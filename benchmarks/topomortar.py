@@ -144,7 +144,7 @@ def main() -> None:
         if len(results) > 1:
             tables.insert(len(tables) - len(results), spread_table(f"TopoMortar `{kind}` labels (val split)", results))
     if "nnunet" in args.parts:
-        with open(os.path.join(out, "benchmark.log"), "w") as log:
+        with open(os.path.join(out, "benchmark.log"), "a") as log:
             train_base_model(950, "2d", env, log, args.folds, trainer=args.trainer)
             result = compare_methods(950, os.path.basename(folder), "2d", args.folds, out, args.rnca_iterations, log,
                                      PRESET, args.trainer)
