@@ -339,7 +339,9 @@ class CleanUp:
     breaks what it kept (pieces of a join it cut are not specks to drop). Then, with `outline_guard` (None:
     off), every change against the base that is no topology change is given back to the base where it was at
     least that sure (`outline.keep_base_outline`). Then, with `fill_joined_pinholes`, holes the rule made
-    of nothing but base holes the sizes fill are filled too (`fill_joined_pinholes`). Last, every cell that has or had one
+    of nothing but base holes the sizes fill are filled too (`fill_joined_pinholes`). Then, with
+    `remove_guarded_specks`, components smaller than `min_component_size` are removed once more: specks the
+    sizes had removed and the guard gave back because the base was sure of them. Last, every cell that has or had one
     of `unrefined_labels` takes the base's label (classes the refinement did not help on held-out cases).
     Before that, with `fall_back_above` (None: off), a case whose base structure the rule rewrote more than
     that share of (`rewritten_share`) gets the sizes alone on the base instead: the rule is out of its depth
@@ -352,6 +354,7 @@ class CleanUp:
     fall_back_above: Optional[float] = None
     outline_guard: Optional[float] = None
     fill_joined_pinholes: bool = False
+    remove_guarded_specks: bool = False
 
     @classmethod
     def from_config(cls, config: dict) -> "CleanUp":
@@ -375,8 +378,9 @@ class CleanUp:
         limit = values["fall_back_above"]
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1):
             raise TypeError(f"fall_back_above must be null or a share from 0 to 1, got {limit!r}")
-        if not isinstance(values["fill_joined_pinholes"], bool):
-            raise TypeError(f"fill_joined_pinholes must be true or false, got {values['fill_joined_pinholes']!r}")
+        for name in ("fill_joined_pinholes", "remove_guarded_specks"):
+            if not isinstance(values[name], bool):
+                raise TypeError(f"{name} must be true or false, got {values[name]!r}")
         labels = values["unrefined_labels"]
         if not isinstance(labels, (list, tuple)) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in labels):
@@ -384,7 +388,7 @@ class CleanUp:
         return cls(values["min_component_size"], values["min_hole_size"], float(radius),
                    None if guard is None else float(guard), tuple(labels), None if limit is None else float(limit),
                    None if values["outline_guard"] is None else float(values["outline_guard"]),
-                   values["fill_joined_pinholes"])
+                   values["fill_joined_pinholes"], values["remove_guarded_specks"])
 
     @property
     def needs_base(self) -> bool:
@@ -420,6 +424,9 @@ class CleanUp:
             segmentation = keep_base_outline(segmentation, base, per_slice, confidence, self.outline_guard)
         if self.fill_joined_pinholes:
             segmentation = fill_joined_pinholes(segmentation, base, self.min_hole_size, self.max_hole_radius, per_slice)
+        if self.remove_guarded_specks and self.min_component_size > 1:
+            segmentation = remove_small_components(segmentation, [int(v) for v in np.unique(segmentation) if v > 0],
+                                                   self.min_component_size)
         rewritten, fell_back = None, False
         if self.fall_back_above is not None:
             rewritten = rewritten_share(segmentation, base)
@@ -438,6 +445,7 @@ class CleanUp:
                 + ("" if self.outline_guard is None else
                    f", base outline kept where the base was >= {self.outline_guard:g} sure")
                 + (", holes joined from the base's pinholes filled" if self.fill_joined_pinholes else "")
+                + (", specks the guard gave back removed again" if self.remove_guarded_specks else "")
                 + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else "")
                 + ("" if self.fall_back_above is None else
                    f", the sizes alone where the rule rewrote > {100 * self.fall_back_above:.1f}% of the structure"))

@@ -1,5 +1,6 @@
 """The read-out's clean-up: specks go, pinholes close, true structure stays."""
 import numpy as np
+import pytest
 from skimage.draw import disk
 
 from rnca_nnunet.cleanup import (CleanUp, fill_holes, fill_joined_pinholes, hole_measures, keep_base_topology,
@@ -238,3 +239,23 @@ def test_holes_the_rule_joined_from_the_base_pinholes_are_filled_as_the_pinholes
     np.testing.assert_array_equal(fill_joined_pinholes(refined, base, 0, 0, True), refined)
     volume = np.concatenate([refined, refined])
     assert (fill_joined_pinholes(volume, np.concatenate([base, base]), 8, 0, True)[:, 5:7, 20:30] == 1).all()
+
+
+def test_specks_the_guard_gave_back_are_removed_again_only_when_asked():
+    """The sizes drop a speck nnU-Net was sure of, the guard gives it back as a component the rule removed;
+    `remove_guarded_specks` drops it once more, as the clean-up alone would, and keeps every larger piece."""
+    base = np.zeros((1, 30, 30), np.uint8)
+    base[0, 2:4, 2:4] = 1  # a speck of 4 cells, sure
+    base[0, 10:20, 5:25] = 1  # a large piece
+    refined = base.copy()
+    refined[0, 2:4, 2:4] = 0  # the rule removed the speck
+    sure = np.ones(base.shape, np.float32)
+    guarded = CleanUp(min_component_size=8, guard=0.9)(refined, True, base, sure)
+    assert guarded[0, 2:4, 2:4].all(), "the guard gives the speck back: the test needs the new step"
+    cleaned = CleanUp(min_component_size=8, guard=0.9, remove_guarded_specks=True)(refined, True, base, sure)
+    assert not cleaned[0, 2:4, 2:4].any()
+    np.testing.assert_array_equal(cleaned[0, 10:20], base[0, 10:20])
+    assert CleanUp.from_config({"min_component_size": 8, "remove_guarded_specks": True}).remove_guarded_specks
+    assert not CleanUp.from_config({}).remove_guarded_specks, "refiners saved before the setting keep their read-out"
+    with pytest.raises(TypeError, match="remove_guarded_specks"):
+        CleanUp.from_config({"remove_guarded_specks": "yes"})
