@@ -128,9 +128,9 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
     (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then whether holes the
     rule joined from the base's pinholes are filled (on first, as the clean-up alone would), then whether specks
-    the guard gave back are removed again (on first, the same way; only with a guard and a speck size), then leave unrefined
-    every class on which the refinement does not score better than the base; returns the refiner with that
-    read-out and its held-out result.
+    the guard gave back are removed again (on first, the same way; only with a guard and a speck size), then
+    leave unrefined every class on which the refinement does not score better than the base; returns the
+    refiner with that read-out and its held-out result.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
