@@ -415,18 +415,16 @@ class CleanUp:
         if self.needs_base and base is None:
             raise ValueError("the guards, the fall-back and unrefined labels need the base label map the rule refined")
         if self.min_component_size > 1 or self.min_hole_size > 1 or self.max_hole_radius > 0:
-            labels = [int(v) for v in np.unique(segmentation) if v > 0]
-            segmentation = fill_holes(remove_small_components(segmentation, labels, self.min_component_size),
-                                      self.min_hole_size, self.max_hole_radius, per_slice)
+            segmentation = fill_holes(self._without_specks(segmentation), self.min_hole_size, self.max_hole_radius,
+                                      per_slice)
         if self.guard is not None:
             segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
         if self.outline_guard is not None:
             segmentation = keep_base_outline(segmentation, base, per_slice, confidence, self.outline_guard)
         if self.fill_joined_pinholes:
             segmentation = fill_joined_pinholes(segmentation, base, self.min_hole_size, self.max_hole_radius, per_slice)
-        if self.remove_guarded_specks and self.min_component_size > 1:
-            segmentation = remove_small_components(segmentation, [int(v) for v in np.unique(segmentation) if v > 0],
-                                                   self.min_component_size)
+        if self.remove_guarded_specks:
+            segmentation = self._without_specks(segmentation)
         rewritten, fell_back = None, False
         if self.fall_back_above is not None:
             rewritten = rewritten_share(segmentation, base)
@@ -437,6 +435,11 @@ class CleanUp:
             kept = np.isin(base, self.unrefined_labels) | np.isin(segmentation, self.unrefined_labels)
             segmentation = np.where(kept, base, segmentation)
         return segmentation, rewritten, fell_back
+
+    def _without_specks(self, segmentation: np.ndarray) -> np.ndarray:
+        """The label map without components smaller than `min_component_size`, of every label in it."""
+        labels = [int(v) for v in np.unique(segmentation) if v > 0]
+        return remove_small_components(segmentation, labels, self.min_component_size)
 
     def __str__(self) -> str:
         return (f"specks < {self.min_component_size}, holes < {self.min_hole_size}"
