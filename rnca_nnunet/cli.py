@@ -89,7 +89,8 @@ def train_entry_point() -> None:
     parser.add_argument("--read_out_only", action="store_true",
                         help="keep the rule of the existing rnca/ and only choose its read-out again on the CV "
                              "cases it was trained and held out on (minutes, no training): a refiner trained by an "
-                             "older rnca-nnunet gets the read-out settings added since")
+                             "older rnca-nnunet gets the read-out settings added since, and one copied from another "
+                             "model of this dataset gets a read-out chosen on this model's CV predictions")
     parser.add_argument("--disable_progress_bar", action="store_true")
     args = parser.parse_args()
     reuse_freed_memory()

@@ -17,7 +17,7 @@ import torch
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import check_steps
 from rnca_nnunet.device_policy import check_device, default_channels_last, precision_for, PRECISIONS
-from rnca_nnunet.errors import InputError
+from rnca_nnunet.errors import InputError, ReadOutElsewhereWarning
 from rnca_nnunet.metrics import betti_numbers
 from rnca_nnunet.model import RNCA, memory_format
 from rnca_nnunet.tiling import TilePlan, cell_budget, plan_tiles, reachable_region, run_tiled
@@ -119,7 +119,8 @@ class RNCARefiner:
         return self.layout != torch.contiguous_format
 
     def check_compatible(self, model: Any) -> None:
-        """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot). `model`: an
+        """Refuse a refiner for other labels; warn when it was trained on another dataset (zero-shot), or when its
+        read-out was chosen on another model of this dataset (copied from another trainer or plans). `model`: an
         nnU-Net model folder as data.ModelFolder reads it."""
         theirs = LabelSemantics(model.dataset_json["labels"], model.dataset_json.get("regions_class_order"))
         if theirs != self.semantics:
@@ -132,6 +133,14 @@ class RNCARefiner:
         if origin != (model.dataset_name, model.configuration):
             warnings.warn(f"refiner was trained on {origin[0]} ({origin[1]}) and is applied zero-shot to "
                           f"{model.dataset_name} ({model.configuration})", stacklevel=2)
+            return
+        decided_on = self.trained_on.get("read_out_on") or self.trained_on
+        decided = (decided_on.get("trainer"), decided_on.get("plans"))
+        if None not in decided and decided != (model.trainer, model.plans_identifier):
+            warnings.warn(f"refiner's read-out was chosen on {decided[0]}__{decided[1]}'s CV cases, not on those of "
+                          f"{model.path}; to choose it on this model's: nnUNetv2_train_rnca {model.dataset_name} -c "
+                          f"{model.configuration} -tr {model.trainer} -p {model.plans_identifier} --read_out_only",
+                          ReadOutElsewhereWarning, stacklevel=2)
 
     # ---------------------------------------------------------------- refinement
     def refine(self, image: np.ndarray, probabilities: np.ndarray, steps: Optional[int] = None,

@@ -72,6 +72,7 @@ def _read_folder(folder: str, device: Optional[torch.device], settings: dict) ->
         steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
         clean_up = CleanUp.from_config(config)
         transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
+        trained_on = check_trained_on(config.get("trained_on", {}))
         check_channels(shape, semantics, normalisation)
     except (ValueError, KeyError, TypeError, AssertionError, AttributeError, RecursionError, InputError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -80,7 +81,7 @@ def _read_folder(folder: str, device: Optional[torch.device], settings: dict) ->
     weights = _load_weights(weights_path, shape)
     model = RNCA(shape)
     model.load_state_dict(weights)
-    return RNCARefiner(model, semantics, normalisation, steps, config.get("trained_on", {}), device, clean_up,
+    return RNCARefiner(model, semantics, normalisation, steps, trained_on, device, clean_up,
                        transpose_forward=transpose_forward, **settings)
 
 
@@ -136,6 +137,18 @@ def check_transpose(axes: object) -> List[int]:
     if not isinstance(axes, list) or sorted(axes) != [0, 1, 2]:
         raise ValueError(f"transpose_forward = {axes!r} must be a permutation of [0, 1, 2]")
     return axes
+
+
+def check_trained_on(trained_on: object) -> dict:
+    """A mapping, and the model the read-out was chosen on, where named, a trainer and plans: the zero-shot and
+    read-out warnings read them."""
+    if not isinstance(trained_on, dict):
+        raise ValueError(f"trained_on must be a mapping, got {trained_on!r}")
+    read_out_on = trained_on.get("read_out_on", {"trainer": "", "plans": ""})
+    if not (isinstance(read_out_on, dict) and sorted(read_out_on) == ["plans", "trainer"]
+            and all(isinstance(name, str) for name in read_out_on.values())):
+        raise ValueError(f"trained_on.read_out_on must name a trainer and plans, got {read_out_on!r}")
+    return trained_on
 
 
 def check_normalisation(normalisation: Normalisation) -> Normalisation:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from rnca_nnunet.case_store import store_case
 from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case, partial_cv_note
-from rnca_nnunet.errors import InputError
+from rnca_nnunet.errors import InputError, ReadOutElsewhereWarning
 from rnca_nnunet.files import folder_lock
 from rnca_nnunet.pictures import plot_progress
 from rnca_nnunet.readout import decide_read_out, harm_summary, unrefined_classes
@@ -151,6 +152,15 @@ def _kept_folds(folder: str, trained_on: dict, log: Callable[[str], None]) -> Op
     return folds
 
 
+def _read_out_on(refiner: RNCARefiner, model: ModelFolder) -> RNCARefiner:
+    """`refiner` with `trained_on.read_out_on` naming `model` where its rule was trained on another model's CV
+    cases (a refiner copied from another trainer or plans), so that predicting with it there does not warn."""
+    trained_on = {key: value for key, value in refiner.trained_on.items() if key != "read_out_on"}
+    if (trained_on.get("trainer"), trained_on.get("plans")) != (model.trainer, model.plans_identifier):
+        trained_on["read_out_on"] = {"trainer": model.trainer, "plans": model.plans_identifier}
+    return refiner.replace(trained_on=trained_on)
+
+
 def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder: str, device: torch.device,
                           show_progress: bool = True) -> RNCARefiner:
     """Keep the rule of the model folder's `rnca/` and choose its read-out again on the CV cases it was
@@ -165,7 +175,9 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
         if not held_out:
             raise InputError(f"{folder}/rnca.json names no held-out cases (trained before they were kept): retrain "
                              f"with nnUNetv2_train_rnca")
-        kept.check_compatible(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ReadOutElsewhereWarning)  # the read-out is being chosen on this model
+            kept.check_compatible(model)
         config = TrainConfig(**{name: kept.trained_on.get("train", {}).get(name, getattr(TrainConfig, name))
                                 for name in ("guard_search", "keep_base_loops", "fall_back")})
         if os.path.isdir(staging):
@@ -185,7 +197,7 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
                 val_cases = [case for case in cases if case.name in held_out]
                 log(f"read-out of {folder} chosen again: {len(train_cases)} training and {len(val_cases)} held-out "
                     f"cases, device {device}; it was {kept.clean_up}")
-                refiner, final = decide_read_out(kept, train_cases, val_cases, config, log,
+                refiner, final = decide_read_out(_read_out_on(kept, model), train_cases, val_cases, config, log,
                                                  os.path.join(staging, "read_out"))
                 final.iteration = _kept_checkpoint(folder, log)
                 log(f"read-out {refiner.clean_up}: {summary_line(final)}; {harm_summary(final)}")

@@ -6,6 +6,7 @@ import filecmp
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -14,6 +15,7 @@ import pytest
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from rnca_nnunet.data import read_model_folder
+from rnca_nnunet.errors import ReadOutElsewhereWarning
 from rnca_nnunet.refiner_folder import read_refiner
 
 from conftest import TEST_TRAINER
@@ -157,12 +159,12 @@ def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refi
     assert "Traceback" not in missing.stderr
 
 
-def _copied_model_folder(model, results: Path) -> Tuple[Path, Dict[str, str], List[str]]:
-    """A copy of the model folder (rnca/ included) under `results`: (its path, the environment that finds it,
-    the --read_out_only command)."""
-    copy = results / os.path.basename(model.raw_dataset) / os.path.basename(model.model_folder)
+def _copied_model_folder(model, results: Path, trainer: str = TEST_TRAINER) -> Tuple[Path, Dict[str, str], List[str]]:
+    """A copy of the model folder (rnca/ included) under `results`, as `trainer`'s: (its path, the environment
+    that finds it, the --read_out_only command)."""
+    copy = results / os.path.basename(model.raw_dataset) / f"{trainer}__nnUNetPlans__2d"
     shutil.copytree(model.model_folder, copy)
-    command = ["nnUNetv2_train_rnca", str(model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu",
+    command = ["nnUNetv2_train_rnca", str(model.dataset_id), "-c", "2d", "-tr", trainer, "-device", "cpu",
                "--read_out_only", "--disable_progress_bar"]
     return copy, dict(model.env, nnUNet_results=str(results)), command
 
@@ -200,9 +202,12 @@ def test_read_out_only_chooses_the_read_out_again_and_keeps_the_rule(trained_ves
 
 def test_read_out_only_takes_the_folds_and_the_flags_the_refiner_was_trained_with(trained_vessel_refiner, tmp_path):
     """A refiner trained on fold 0 alone is read out again on fold 0's cases alone, one trained with
-    --keep_base_loops keeps guard 0 and still gets an outline guard, and a bad fold list stops with one line."""
+    --keep_base_loops keeps guard 0 and still gets an outline guard, one copied from another trainer's folder
+    records the model it was read out on (and stops warning there), and a bad fold list stops with one line."""
     model = trained_vessel_refiner
-    copy, env, again = _copied_model_folder(model, tmp_path)
+    copy, env, again = _copied_model_folder(model, tmp_path, trainer="nnUNetTrainer_longer")
+    with pytest.warns(ReadOutElsewhereWarning, match="-tr nnUNetTrainer_longer -p nnUNetPlans --read_out_only"):
+        read_refiner(str(copy / "rnca")).check_compatible(read_model_folder(str(copy)))
     config_path = copy / "rnca" / "rnca.json"
     config = json.load(open(config_path))
     fold_0 = sorted(name[:-len(".npz")] for name in os.listdir(copy / "fold_0" / "validation") if name.endswith(".npz"))
@@ -215,7 +220,12 @@ def test_read_out_only_takes_the_folds_and_the_flags_the_refiner_was_trained_wit
     assert "\nguard 0 on 1 held-out" in log and "\nguard 0.6 on" not in log, "--keep_base_loops: guard 0 alone"
     assert "outline guard 0.99 on 1 held-out" in log
     chosen = json.load(open(config_path))
-    assert chosen["guard"] == 0.0 and "outline_guard" in chosen and chosen["trained_on"] == config["trained_on"]
+    assert chosen["guard"] == 0.0 and "outline_guard" in chosen
+    assert chosen["trained_on"] == dict(config["trained_on"],
+                                        read_out_on={"trainer": "nnUNetTrainer_longer", "plans": "nnUNetPlans"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_refiner(str(copy / "rnca")).check_compatible(read_model_folder(str(copy)))
 
     config["trained_on"]["cv_folds"] = "0"
     json.dump(config, open(config_path, "w"))

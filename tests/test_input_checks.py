@@ -57,6 +57,8 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c["rule"].update(context_channels=5), "rule context_channels = 5 but 1 image and 2 mask channels give 3"),
     (lambda c: c["normalisation"].update(schemes=["CTNormalization"]),
      "normalisation CTNormalization of channel 0 needs intensity_properties ['mean', 'percentile_00_5'"),
+    (lambda c: c.update(trained_on=["Dataset001"]), "trained_on must be a mapping"),
+    (lambda c: c.update(trained_on={"read_out_on": "nnUNetTrainer"}), "trained_on.read_out_on must name a trainer"),
     (lambda c: c.update(format_version=99), "format_version 99 is not one this rnca-nnunet reads"),
     (lambda c: c.update(format_version="1"), "format_version '1' is not one this rnca-nnunet reads"),
 ])
