@@ -113,16 +113,22 @@ def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str,
     trained there as nnUNetv2_train_rnca trains it. A kept refiner trained with other settings (the preset changed
     since) stops the benchmark, so no figure is reported for settings it was not trained with."""
     config = load_preset(PRESET, {**settings, "seed": seed})
-    if seed == load_preset(PRESET).seed and not settings:
-        return kept_refiner_trained_with(model.path, config)
-    copy = os.path.join(out, "seeds", variant_name(settings), f"seed{seed}", DATASET, os.path.basename(model.path))
-    if os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
+    copy = seed_model_path(model.path, out, seed, settings)
+    if copy == model.path or os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
         return kept_refiner_trained_with(copy, config)
     linked_model_folder(model.path, copy, range(5))
     train_from_model_folder(read_model_folder(copy), os.path.join(raw, "imagesTr"),
                             os.path.join(preprocessed, DATASET, "gt_segmentations"),
                             config, torch.device("cpu"), show_progress=False)
     return copy
+
+
+def seed_model_path(model_path: str, out: str, seed: int, settings: Dict[str, object]) -> str:
+    """Where `seeded_model_folder` keeps the refiner of `seed` and `settings`: the base's own folder for the
+    preset's seed and settings."""
+    if seed == load_preset(PRESET).seed and not settings:
+        return model_path
+    return os.path.join(out, "seeds", variant_name(settings), f"seed{seed}", DATASET, os.path.basename(model_path))
 
 
 def kept_refiner_trained_with(model_path: str, config) -> str:
