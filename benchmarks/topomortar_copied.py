@@ -24,7 +24,8 @@ import torch
 
 from quality import linked_model_folder, spread_table, write_markdown
 from topomortar import BASE_TRAINERS
-from topomortar_shift import DATASET, GROUPS, convert_group, evaluate_seed, predict_base, seed_model_path
+from topomortar_shift import (DATASET, GROUPS, convert_group, evaluate_seed, predict_base, seed_model_path,
+                              trained_folds)
 from rnca_nnunet.data import read_model_folder
 from rnca_nnunet.experiments.demo import TRAINER, nnunet_environment
 from rnca_nnunet.run_training import decide_read_out_again
@@ -36,7 +37,7 @@ def copied_model_folder(model, weaker_refiner: str, out: str, variant: str, seed
     """A model folder linking to `model`'s files and CV folds with a copy of `weaker_refiner`; for the second
     variant its read-out chosen again on `model`'s CV predictions, as a user would after the warning."""
     copy = os.path.join(out, "copied", variant.replace(" ", "_"), f"seed{seed}", DATASET, os.path.basename(model.path))
-    linked_model_folder(model.path, copy, range(5))
+    linked_model_folder(model.path, copy, trained_folds(model.path))
     if not os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
         shutil.rmtree(os.path.join(copy, "rnca"), ignore_errors=True)
         shutil.copytree(weaker_refiner, os.path.join(copy, "rnca"))
@@ -72,7 +73,7 @@ def main() -> None:
     with open(os.path.join(out, "copied.log"), "a") as log:
         for group, (images, labels) in sources.items():
             base_folder = os.path.join(out, "shift", group, "base")
-            predict_base(images, base_folder, env, log, args.trainer)
+            predict_base(images, base_folder, env, log, args.trainer, trained_folds(model.path))
             sources[group] = (images, labels, base_folder)
         for seed in args.seeds:
             weaker_refiner = os.path.join(seed_model_path(weaker_model.path, weaker, seed, {}), "rnca")

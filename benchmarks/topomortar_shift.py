@@ -74,10 +74,16 @@ def convert_group(source: str, raw: str, group: str, factor: int = 2) -> str:
     return images
 
 
-def predict_base(images: str, out: str, env: Dict[str, str], log, trainer: str) -> None:
-    """nnU-Net's five-fold ensemble with probabilities, no mirroring (as the val walls of topomortar.py)."""
-    run_step(["nnUNetv2_predict", "-i", images, "-o", out, "-d", "950", "-c", "2d", "-tr", trainer, "-f", "0", "1",
-              "2", "3", "4", "-device", "cpu", "--save_probabilities", "--disable_tta", "--disable_progress_bar",
+def trained_folds(model_path: str) -> List[int]:
+    """The folds of the base that finished training (`topomortar.py --folds` may have trained fewer than 5)."""
+    return sorted(int(os.path.basename(os.path.dirname(path))[5:]) for path in
+                  glob.glob(os.path.join(model_path, "fold_[0-9]*", "checkpoint_final.pth")))
+
+
+def predict_base(images: str, out: str, env: Dict[str, str], log, trainer: str, folds: Sequence[int]) -> None:
+    """nnU-Net's ensemble of the base's folds with probabilities, no mirroring (as the val walls of topomortar.py)."""
+    run_step(["nnUNetv2_predict", "-i", images, "-o", out, "-d", "950", "-c", "2d", "-tr", trainer, "-f",
+              *map(str, folds), "-device", "cpu", "--save_probabilities", "--disable_tta", "--disable_progress_bar",
               "--continue_prediction"], env, log)
 
 
@@ -116,7 +122,7 @@ def seeded_model_folder(model, out: str, seed: int, raw: str, preprocessed: str,
     copy = seed_model_path(model.path, out, seed, settings)
     if copy == model.path or os.path.isfile(os.path.join(copy, "rnca", "rnca.json")):
         return kept_refiner_trained_with(copy, config)
-    linked_model_folder(model.path, copy, range(5))
+    linked_model_folder(model.path, copy, trained_folds(model.path))
     train_from_model_folder(read_model_folder(copy), os.path.join(raw, "imagesTr"),
                             os.path.join(preprocessed, DATASET, "gt_segmentations"),
                             config, torch.device("cpu"), show_progress=False)
@@ -322,7 +328,7 @@ def main() -> None:
     with open(os.path.join(out, "shift.log"), "a") as log:
         for group, (images, labels) in sources.items():
             base_folder = os.path.join(out, "shift", group, "base")
-            predict_base(images, base_folder, env, log, args.trainer)
+            predict_base(images, base_folder, env, log, args.trainer, trained_folds(model.path))
             sources[group] = (images, labels, base_folder)
         for index, seed in enumerate(args.seeds):
             path = seeded_model_folder(model, out, seed, raw, env["nnUNet_preprocessed"], settings)
