@@ -41,7 +41,9 @@ def test_reduced_precision_labels_match_float32(trained):
 def test_uncertainty_ranks_broken_cases_above_clean_ones(trained):
     """The uncertainty map's promise: where the structure is in doubt (a broken base the rule must decide how to
     repair), stochastic rollouts disagree more than where it is not (the label itself as the base). An identity
-    rule disagrees nowhere and fails; so would a map that does not follow the case."""
+    rule disagrees nowhere and fails; so would a map that does not follow the case. Only the cell score is held to
+    it: the topology score ranked the broken bases above the clean ones on one machine (35% vs 21% of the runs)
+    and below them on CI's (16% vs 23%), so it is reported, not promised."""
     refiner, held_out = trained
     scores = []
     for case in held_out:
@@ -56,5 +58,5 @@ def test_uncertainty_ranks_broken_cases_above_clean_ones(trained):
     scores = np.asarray(scores)  # (case, clean/broken, cells/topology)
     clean, broken = scores[:, 0], scores[:, 1]
     assert (broken[:, 0] > clean[:, 0]).sum() >= 0.7 * len(held_out), scores
-    assert broken[:, 0].mean() >= 1.2 * clean[:, 0].mean() > 0, scores
-    assert broken[:, 1].mean() > clean[:, 1].mean(), scores
+    assert broken[:, 0].mean() >= 2 * clean[:, 0].mean() > 0, scores
+    assert ((0 <= scores[..., 1]) & (scores[..., 1] <= 1)).all(), scores
