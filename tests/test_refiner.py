@@ -222,6 +222,7 @@ def test_instability_is_seeded_bounded_and_zero_for_a_rule_that_changes_nothing(
     np.testing.assert_array_equal(first.map, again.map)
     assert first.map.shape == segmentation.shape and 0 <= first.map.min() and first.map.max() <= 1
     assert first.cells > 0, "a random rule fired at random must disagree somewhere"
+    assert 0 <= first.topology <= 1 and first.topology * 4 == round(first.topology * 4), first.topology
     torch.nn.init.zeros_(refiner.model.update_out.weight)
     _, segmentation, used = refiner.refine(image, probabilities)
     still = refiner.instability(image, probabilities, segmentation, used, runs=4)
