@@ -338,8 +338,7 @@ class CleanUp:
     of its label (`keep_base_topology`; 0: all of them); the guard comes after the sizes so that nothing
     breaks what it kept (pieces of a join it cut are not specks to drop). Then, with `outline_guard` (None:
     off), every change against the base that is no topology change is given back to the base where it was at
-    least that sure (`outline.keep_base_outline`); with `outline_cells` also, in a slice, each cell of a change
-    it kept whole that no topology change needs. Then, with `fill_joined_pinholes`, holes the rule made
+    least that sure (`outline.keep_base_outline`). Then, with `fill_joined_pinholes`, holes the rule made
     of nothing but base holes the sizes fill are filled too (`fill_joined_pinholes`). Then, with
     `remove_guarded_specks`, components smaller than `min_component_size` are removed once more: specks the
     sizes had removed and the guard gave back because the base was sure of them. Last, every cell that has or had one
@@ -356,7 +355,6 @@ class CleanUp:
     outline_guard: Optional[float] = None
     fill_joined_pinholes: bool = False
     remove_guarded_specks: bool = False
-    outline_cells: bool = False
 
     @classmethod
     def from_config(cls, config: dict) -> "CleanUp":
@@ -380,7 +378,7 @@ class CleanUp:
         limit = values["fall_back_above"]
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1):
             raise TypeError(f"fall_back_above must be null or a share from 0 to 1, got {limit!r}")
-        for name in ("fill_joined_pinholes", "remove_guarded_specks", "outline_cells"):
+        for name in ("fill_joined_pinholes", "remove_guarded_specks"):
             if not isinstance(values[name], bool):
                 raise TypeError(f"{name} must be true or false, got {values[name]!r}")
         labels = values["unrefined_labels"]
@@ -390,7 +388,7 @@ class CleanUp:
         return cls(values["min_component_size"], values["min_hole_size"], float(radius),
                    None if guard is None else float(guard), tuple(labels), None if limit is None else float(limit),
                    None if values["outline_guard"] is None else float(values["outline_guard"]),
-                   values["fill_joined_pinholes"], values["remove_guarded_specks"], values["outline_cells"])
+                   values["fill_joined_pinholes"], values["remove_guarded_specks"])
 
     @property
     def needs_base(self) -> bool:
@@ -422,8 +420,7 @@ class CleanUp:
         if self.guard is not None:
             segmentation = keep_base_topology(segmentation, base, per_slice, confidence, self.guard)
         if self.outline_guard is not None:
-            segmentation = keep_base_outline(segmentation, base, per_slice, confidence, self.outline_guard,
-                                             self.outline_cells)
+            segmentation = keep_base_outline(segmentation, base, per_slice, confidence, self.outline_guard)
         if self.fill_joined_pinholes:
             segmentation = fill_joined_pinholes(segmentation, base, self.min_hole_size, self.max_hole_radius, per_slice)
         if self.remove_guarded_specks:
@@ -449,8 +446,7 @@ class CleanUp:
                 + (f" or radius <= {self.max_hole_radius:g}" if self.max_hole_radius > 0 else "")
                 + ("" if self.guard is None else f", base topology kept where the base was >= {self.guard:g} sure")
                 + ("" if self.outline_guard is None else
-                   f", base outline kept where the base was >= {self.outline_guard:g} sure"
-                   + (", cell by cell" if self.outline_cells else ""))
+                   f", base outline kept where the base was >= {self.outline_guard:g} sure")
                 + (", holes joined from the base's pinholes filled" if self.fill_joined_pinholes else "")
                 + (", specks the guard gave back removed again" if self.remove_guarded_specks else "")
                 + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else "")

@@ -21,12 +21,11 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import euler_number
 
-from rnca_nnunet.topology import distinct_pairs, frame, guarded_per_slice, label_groups, simple_cells
+from rnca_nnunet.topology import distinct_pairs, frame, guarded_per_slice, label_groups
 
 
 def keep_base_outline(segmentation: np.ndarray, base: np.ndarray, per_slice: bool,
-                      confidence: Optional[np.ndarray] = None, threshold: float = 0.0,
-                      cells: bool = False) -> np.ndarray:
+                      confidence: Optional[np.ndarray] = None, threshold: float = 0.0) -> np.ndarray:
     """The (Z, Y, X) label map `segmentation` with every change against `base` that is no topology change
     given back to `base`'s labels where the base was at least `threshold` sure (`confidence`, (Z, Y, X); every
     such change at threshold 0 or without it). Per slice when `per_slice` (a 2D rule's topology is a slice's).
@@ -35,15 +34,12 @@ def keep_base_outline(segmentation: np.ndarray, base: np.ndarray, per_slice: boo
     (4 cells a side) as well, Dice on TopoMortar's walls moved by -0.0016 to +0.0014 and on the generated
     membranes fell by up to 0.0028 at every threshold (repairs thinned to a cell)."""
     if per_slice and segmentation.shape[0] > 1:
-        return guarded_per_slice(keep_base_outline, segmentation, base, confidence, threshold, cells)
+        return guarded_per_slice(keep_base_outline, segmentation, base, confidence, threshold)
     padding = frame(segmentation.shape)
     out, base = np.pad(segmentation, padding), np.pad(base, padding)
     sure = None if confidence is None or threshold <= 0 else np.pad(confidence, padding, constant_values=1.0)
-    groups = label_groups(out, base)
     _give_back(out, base, cc3d.connected_components((out != base).view(np.uint8), connectivity=26), sure,
-               threshold, groups)
-    if cells and out.shape[0] == 1:
-        _give_back_cells(out[0], base[0], None if sure is None else sure[0] >= threshold, groups)
+               threshold, label_groups(out, base))
     return out[tuple(slice(p, n + p) for (p, _), n in zip(padding, segmentation.shape))]
 
 
@@ -63,32 +59,6 @@ def _give_back(out: np.ndarray, base: np.ndarray, pieces: np.ndarray, sure: Opti
         given_back = np.where(cells, base[box], now)
         if all(same_topology(np.isin(now, group), np.isin(given_back, group)) for group in groups):
             out[box] = given_back
-
-
-def _give_back_cells(out: np.ndarray, base: np.ndarray, sure: Optional[np.ndarray], groups: List[List[int]]) -> None:
-    """In place, on a framed 2D label map: every cell that still differs from `base` where the base was sure
-    (`sure`; everywhere when None) takes the base's label when that flips no group's topology, cell by cell,
-    until none can. A change that holds a repair keeps the cells the repair needs and the cells the base was
-    unsure of; what it thickened beside them goes back. Four interleaved grids of every second row and column
-    take turns: no two cells of one grid are neighbours, so each grid's simple cells flip together."""
-    candidates = out != base if sure is None else (out != base) & sure
-    grids = [np.zeros(out.shape, bool) for _ in range(4)]
-    for index, grid in enumerate(grids):
-        grid[index // 2::2, index % 2::2] = True
-    while candidates.any():
-        flipped = False
-        for grid in grids:
-            turn = candidates & grid
-            if not turn.any():
-                continue
-            for group in groups:
-                inside, after = np.isin(out, group), np.isin(base, group)
-                turn &= (inside == after) | simple_cells(inside)
-            out[turn] = base[turn]
-            candidates &= ~turn
-            flipped = flipped or bool(turn.any())
-        if not flipped:
-            return
 
 
 def _outer_layer(shape: Sequence[int]) -> np.ndarray:

@@ -29,10 +29,6 @@ GUARD_THRESHOLDS = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, None)
 # nnU-Net was at least that sure of, None none (see outline.keep_base_outline); a search on the held-out cases,
 # since on TopoMortar's 5x base nnU-Net's outlines were the better ones and on generated membranes the rule's
 OUTLINE_THRESHOLDS = GUARD_THRESHOLDS
-# whether the outline guard also gives back, cell by cell, what a change that holds a repair thickened beside it
-# (outline._give_back_cells), safest first: on gives more of nnU-Net's outline back. Searched once the outline
-# guard is chosen, and only with one
-OUTLINE_CELLS = (True, False)
 # whether holes the rule joined from the base's pinholes are filled (cleanup.fill_joined_pinholes), safest first:
 # on is what the clean-up alone does with those pinholes
 JOINED_PINHOLE_FILLS = (True, False)
@@ -130,8 +126,7 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
                  ) -> Tuple[RNCARefiner, ValidationResult]:
     """Choose the guard of the base's topology (`guards`, safest first: a less safe one is taken only when it
     scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
-    (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides) and whether it works cell
-    by cell as well (`OUTLINE_CELLS`, on first), then whether holes the
+    (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then whether holes the
     rule joined from the base's pinholes are filled (on first, as the clean-up alone would), then whether specks
     the guard gave back are removed again (on first, the same way; only with a guard and a speck size), then
     leave unrefined every class on which the refinement does not score better than the base; returns the
@@ -146,8 +141,6 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     refined = refine_cases(refiner, cases, folder)
     refiner, _ = _choose_threshold(refiner, "guard", guards, cases, refined, log)
     refiner, _ = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
-    if refiner.clean_up.outline_guard is not None:
-        refiner, _ = _choose_threshold(refiner, "outline_cells", OUTLINE_CELLS, cases, refined, log)
     refiner, best = _choose_threshold(refiner, "fill_joined_pinholes", JOINED_PINHOLE_FILLS, cases, refined, log)
     if refiner.clean_up.guard is not None and refiner.clean_up.min_component_size > 1:
         refiner, best = _choose_threshold(refiner, "remove_guarded_specks", GUARDED_SPECK_REMOVALS, cases, refined,

@@ -10,7 +10,6 @@ from typing import Callable, List, Optional, Tuple
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 
 
 def enclosed_background(mask: np.ndarray, connectivity: int) -> Tuple[np.ndarray, int]:
@@ -112,38 +111,3 @@ def label_groups(segmentation: np.ndarray, base: np.ndarray) -> List[List[int]]:
     topology a guard keeps."""
     labels = [int(v) for v in np.union1d(np.unique(segmentation), np.unique(base)) if v > 0]
     return [[label] for label in labels] + ([labels] if len(labels) > 1 else [])
-
-
-# a cell's 8 neighbours, in the order of the bits of its neighbourhood code
-NEIGHBOURS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-
-
-def _simple_point_table() -> np.ndarray:
-    """For each of the 256 ways a cell's 8 neighbours can be foreground, whether the cell is simple: flipping
-    it leaves every 8-connected component and every 4-connected background region as many as before (one
-    8-connected piece of foreground around it, one 4-connected piece of background touching it)."""
-    table = np.zeros(256, bool)
-    ring = np.ones((3, 3), bool)
-    ring[1, 1] = False
-    for code in range(256):
-        foreground = np.zeros((3, 3), bool)
-        for bit, (dy, dx) in enumerate(NEIGHBOURS_8):
-            foreground[1 + dy, 1 + dx] = bool(code >> bit & 1)
-        pieces = ndimage.label(foreground, structure=np.ones((3, 3)))[1]
-        background, _ = ndimage.label(ring & ~foreground)  # 4-connected, the cell itself left out
-        touching = {int(background[1 + dy, 1 + dx]) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))} - {0}
-        table[code] = pieces == 1 and len(touching) == 1
-    return table
-
-
-SIMPLE_POINTS = _simple_point_table()
-
-
-def simple_cells(mask: np.ndarray) -> np.ndarray:
-    """Per cell of a 2D binary mask, whether flipping it alone changes no component and no hole (foreground
-    8-, background 4-connected, the outside one background region): digital topology's simple points."""
-    padded = np.pad(np.asarray(mask, bool), 1)
-    code = np.zeros(mask.shape, np.int32)
-    for bit, (dy, dx) in enumerate(NEIGHBOURS_8):
-        code |= padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx].astype(np.int32) << bit
-    return SIMPLE_POINTS[code]

@@ -11,7 +11,6 @@ from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.metrics import betti_numbers, dice
 from rnca_nnunet.outline import keep_base_outline
 from rnca_nnunet.readout import choose_guard
-from rnca_nnunet.topology import simple_cells
 from test_cleanup import brick_wall
 from test_refiner import random_refiner
 
@@ -74,69 +73,6 @@ def test_labels_are_kept_each_and_together():
     split = base.copy()
     split[0, 5:15, 8] = 2  # label 1 cut in two by label 2: the union's topology is the same, label 1's is not
     assert (keep_base_outline(split, base, True) == split).all()
-
-
-def thick_bridge():
-    """Two bars whose gap the rule bridged five cells thick, where nnU-Net was unsure of two cells' width only."""
-    base = two_bars()
-    refined = base.copy()
-    refined[0, 6:11, 15:25] = 1
-    confidence = np.full(base.shape, 0.97, np.float32)
-    confidence[0, 9:11, 15:25] = 0.55
-    return base, refined, confidence
-
-
-def test_cell_by_cell_the_repair_keeps_only_the_cells_it_needs():
-    """A bridge is one change with its thickening, so the piece-wise guard keeps it whole; cell by cell, the
-    cells nnU-Net was sure of go back and the two-cell bridge it doubted stays, with the same topology."""
-    base, refined, confidence = thick_bridge()
-    whole = keep_base_outline(refined, base, True, confidence, 0.9)
-    thin = keep_base_outline(refined, base, True, confidence, 0.9, cells=True)
-    assert (whole == refined).all()
-    assert betti_numbers(thin[0]) == betti_numbers(refined[0]) == (1, 0)
-    assert (thin[0, 9:11, 15:25] == 1).all() and (thin[0, 6:9, 15:25] == 0).all()
-    cleaned = CleanUp.from_config({"outline_guard": 0.9, "outline_cells": True})(refined, True, base, confidence)
-    assert (cleaned == thin).all()
-
-
-def test_cell_by_cell_changes_no_topology_of_any_label():
-    """Random base and refined maps of two labels: every label's topology, and their union's, is what the
-    piece-wise guard left, while more cells go back to the base."""
-    rng = np.random.default_rng(0)
-    for trial in range(20):
-        base = rng.integers(0, 3, (1, 24, 24)).astype(np.uint8)
-        refined = np.where(rng.random(base.shape) < 0.3, rng.integers(0, 3, base.shape), base).astype(np.uint8)
-        confidence = rng.random(base.shape).astype(np.float32)
-        whole = keep_base_outline(refined, base, True, confidence, 0.5)
-        thin = keep_base_outline(refined, base, True, confidence, 0.5, cells=True)
-        for group in ([1], [2], [1, 2]):
-            assert betti_numbers(np.isin(thin[0], group)) == betti_numbers(np.isin(whole[0], group)), trial
-        assert (thin != base).sum() <= (whole != base).sum()
-        assert ((thin != whole) & (confidence < 0.5)).sum() == 0, "only cells the base was sure of go back"
-
-
-def test_simple_cells_are_those_whose_flip_keeps_components_and_holes():
-    rng = np.random.default_rng(1)
-    flipped_non_simple = 0
-    for _ in range(10):
-        mask = rng.random((9, 9)) < 0.5
-        simple = simple_cells(mask)
-        for y, x in np.ndindex(mask.shape):
-            flipped = mask.copy()
-            flipped[y, x] = ~flipped[y, x]
-            same = betti_numbers(flipped) == betti_numbers(mask)
-            assert same or not simple[y, x], (y, x)
-            flipped_non_simple += not same
-    assert flipped_non_simple > 100
-    line = np.zeros((5, 7), bool)
-    line[2, 1:6] = True
-    assert simple_cells(line)[2, 1] and not simple_cells(line)[2, 3], "an end is simple, a middle cell is not"
-
-
-@pytest.mark.parametrize("value", ["yes", 1, None])
-def test_an_impossible_outline_cells_in_rnca_json_is_refused(value):
-    with pytest.raises(TypeError, match="outline_cells"):
-        CleanUp.from_config({"outline_cells": value})
 
 
 @pytest.mark.parametrize("value", ["yes", 1.5, -0.1, True])
