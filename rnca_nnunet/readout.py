@@ -128,7 +128,9 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
     (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then whether holes the
     rule joined from the base's pinholes are filled (on first, as the clean-up alone would), then whether specks
-    the guard gave back are removed again (on first, the same way; only with a guard and a speck size), then
+    the guard gave back are removed again (on first, the same way; only with a guard and a speck size); neither
+    at guard 0, which keeps the base's topology (on TopoMortar's noisy labels both tied on the held-out walls,
+    and the pinhole fill then filled real bricks under 32 cells on val walls the labels had right), then
     leave unrefined every class on which the refinement does not score better than the base; returns the
     refiner with that read-out and its held-out result.
 
@@ -140,9 +142,10 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     `guard_search: false`)."""
     refined = refine_cases(refiner, cases, folder)
     refiner, _ = _choose_threshold(refiner, "guard", guards, cases, refined, log)
-    refiner, _ = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
-    refiner, best = _choose_threshold(refiner, "fill_joined_pinholes", JOINED_PINHOLE_FILLS, cases, refined, log)
-    if refiner.clean_up.guard is not None and refiner.clean_up.min_component_size > 1:
+    refiner, best = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
+    if refiner.clean_up.guard != 0.0:  # guard 0 keeps the base's topology: nothing after it may change it
+        refiner, best = _choose_threshold(refiner, "fill_joined_pinholes", JOINED_PINHOLE_FILLS, cases, refined, log)
+    if refiner.clean_up.guard not in (None, 0.0) and refiner.clean_up.min_component_size > 1:
         refiner, best = _choose_threshold(refiner, "remove_guarded_specks", GUARDED_SPECK_REMOVALS, cases, refined,
                                           log)
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]

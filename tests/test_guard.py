@@ -108,3 +108,21 @@ def test_a_rule_that_breaks_right_topology_is_guarded_by_default():
         _, free, _ = unguarded.refine(case.image, probabilities)
         broken_without += betti_numbers(free[0] == 1) != betti_numbers(base[0] == 1)
     assert broken_without >= 3, "the rule must break the walls for the test to mean anything"
+
+
+def test_at_guard_0_no_step_after_the_guard_changes_the_base_topology():
+    """--keep_base_loops (guard 0) keeps the base's loops: the pinhole fill after the guard must not fill them
+    again. Held-out walls whose bricks are all larger than the fill tie on it; a new wall with bricks under the
+    fill keeps every one. It failed when the fill was searched at guard 0 (on first: TopoMortar's noisy labels
+    lost real bricks under 32 cells)."""
+    refiner = random_refiner(2)
+    with torch.no_grad():
+        for parameter in refiner.model.parameters():
+            parameter.zero_()
+    refiner = refiner.replace(steps=4, clean_up=CleanUp(min_hole_size=30))
+    refiner, _ = choose_guard(refiner, near_correct_cases(4, seed=1), log=lambda line: None, guards=(0.0,))
+    assert refiner.clean_up.guard == 0.0 and not refiner.clean_up.fill_joined_pinholes
+    base = brick_wall(4, 4)  # 16 bricks of 16 cells, under the fill
+    probabilities = np.stack([base == 0, base == 1, np.zeros_like(base, bool)]).astype(np.float32)
+    _, kept, _ = refiner.refine(np.zeros((1, *base.shape), np.float32), probabilities)
+    assert betti_numbers(kept[0] == 1) == betti_numbers(base[0]) == (1, 16)
