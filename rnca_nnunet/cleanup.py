@@ -19,7 +19,7 @@ from scipy import ndimage
 from skimage.graph import MCP
 from skimage.segmentation import expand_labels
 
-from rnca_nnunet.outline import keep_base_outline
+from rnca_nnunet.outline import give_back_changes, keep_base_outline
 from rnca_nnunet.topology import (background_regions, distinct_pairs, frame, guarded_per_slice, label_groups,
                                   label_map_holes, overlap_counts, slices)
 
@@ -282,7 +282,10 @@ def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bo
     joint it gave 0.95 is not to be cut). On TopoMortar's noisy labels (hard masks: sure everywhere) a rule
     broke thin joints of a third of the intact val walls, which neither its CV cases nor its held-out ones
     showed. (Z, Y, X) label maps and a (Z, Y, X) confidence; loops as in `fill_holes`: per slice a slice's
-    holes, in a volume its cavities (a handle is part of the background around it and is not kept)."""
+    holes, in a volume its cavities. A volume's handles (a ring, a tunnel) are kept piece by piece: every
+    change the base was sure of that alters a label's components, cavities or Euler number where it lies goes
+    back whole (`outline.give_back_changes`): on generated hearts a rule cut an intact myocardium ring that
+    nnU-Net was sure of, and neither the components nor the cavities showed it."""
     if per_slice and segmentation.shape[0] > 1:
         return guarded_per_slice(keep_base_topology, segmentation, base, confidence, threshold)
     padding = frame(segmentation.shape)
@@ -298,6 +301,8 @@ def keep_base_topology(segmentation: np.ndarray, base: np.ndarray, per_slice: bo
             kept = _keep_binary_topology(mask.view(np.uint8), np.isin(base, group).view(np.uint8), guard)
             changed = kept.astype(bool) != mask
             out[changed] = base[changed]
+        if segmentation.shape[0] > 1:  # a volume's handles: no component or cavity shows a ring cut or closed
+            give_back_changes(out, base, guard.confidence, threshold, topology_changes=True)
         if np.array_equal(out, before):
             return out[tuple(slice(p, n + p) for (p, _), n in zip(padding, segmentation.shape))]
 

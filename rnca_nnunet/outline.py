@@ -38,16 +38,18 @@ def keep_base_outline(segmentation: np.ndarray, base: np.ndarray, per_slice: boo
     padding = frame(segmentation.shape)
     out, base = np.pad(segmentation, padding), np.pad(base, padding)
     sure = None if confidence is None or threshold <= 0 else np.pad(confidence, padding, constant_values=1.0)
-    _give_back(out, base, cc3d.connected_components((out != base).view(np.uint8), connectivity=26), sure,
-               threshold, label_groups(out, base))
+    give_back_changes(out, base, sure, threshold, topology_changes=False)
     return out[tuple(slice(p, n + p) for (p, _), n in zip(padding, segmentation.shape))]
 
 
-def _give_back(out: np.ndarray, base: np.ndarray, pieces: np.ndarray, sure: Optional[np.ndarray],
-               threshold: float, groups: List[List[int]]) -> None:
-    """In place, piece by piece of `pieces` (the labelled changes, kept off the array's edge by the frame, so a
-    box grown by one cell is never clipped): `out` takes `base`'s labels where the base was sure enough and no
-    group's topology changes."""
+def give_back_changes(out: np.ndarray, base: np.ndarray, sure: Optional[np.ndarray], threshold: float,
+                      topology_changes: bool) -> None:
+    """In place, piece by piece of the changes of `out` against `base` (framed maps, `topology.frame`, so a
+    piece's box grown by one cell is never clipped): `out` takes `base`'s labels where the base was at least
+    `threshold` sure (`sure`; everywhere when None) and giving them back changes some label group's topology
+    (`topology_changes`: the guard's handles) or changes none (not: the outline guard)."""
+    pieces = cc3d.connected_components((out != base).view(np.uint8), connectivity=26)
+    groups = label_groups(out, base)
     for index, box in enumerate(ndimage.find_objects(pieces), start=1):
         if box is None:
             continue
@@ -57,7 +59,8 @@ def _give_back(out: np.ndarray, base: np.ndarray, pieces: np.ndarray, sure: Opti
             continue
         now = out[box]
         given_back = np.where(cells, base[box], now)
-        if all(same_topology(np.isin(now, group), np.isin(given_back, group)) for group in groups):
+        if all(same_topology(np.isin(now, group), np.isin(given_back, group)) for group in groups) \
+                != topology_changes:
             out[box] = given_back
 
 

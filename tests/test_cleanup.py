@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from skimage.draw import disk
+from skimage.measure import euler_number
 
 from rnca_nnunet.cleanup import (CleanUp, fill_holes, fill_joined_pinholes, hole_measures, keep_base_topology,
                                  loop_mismatches, remove_small_components)
@@ -199,8 +200,8 @@ def test_the_base_loops_come_back_at_the_fewest_cells_while_moved_and_thickened_
 
 
 def test_keeping_the_base_loops_changes_cells_only_back_to_the_base_and_always_matches_it():
-    """Random maps, 2D and whole 3D volumes: the result has the base's loops and components (of each label and
-    of their union) and differs from the input only where it took the base's label."""
+    """Random maps, 2D and whole 3D volumes: the result has the base's loops, components and handles (of each
+    label and of their union) and differs from the input only where it took the base's label."""
     rng = np.random.default_rng(0)
     for trial in range(60):
         shape = (1, 32, 32) if trial % 2 else (5, 12, 12)
@@ -213,6 +214,9 @@ def test_keeping_the_base_loops_changes_cells_only_back_to_the_base_and_always_m
         for label in (1, 2):  # each label's loops and components too
             ours, theirs = (kept == label).astype(np.uint8), (base == label).astype(np.uint8)
             assert loop_mismatches(ours, theirs, False) == 0
+        if shape[0] > 1:  # and in a volume its handles: each label's, and the union's, Euler number
+            for group in ([1], [2], [1, 2]):
+                assert euler_number(np.isin(kept, group), 3) == euler_number(np.isin(base, group), 3)
             assert betti_numbers(ours[0] if shape[0] == 1 else ours)[0] == betti_numbers(
                 theirs[0] if shape[0] == 1 else theirs)[0]
 

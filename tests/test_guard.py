@@ -126,3 +126,22 @@ def test_at_guard_0_no_step_after_the_guard_changes_the_base_topology():
     probabilities = np.stack([base == 0, base == 1, np.zeros_like(base, bool)]).astype(np.float32)
     _, kept, _ = refiner.refine(np.zeros((1, *base.shape), np.float32), probabilities)
     assert betti_numbers(kept[0] == 1) == betti_numbers(base[0]) == (1, 16)
+
+
+def test_in_a_volume_the_guard_keeps_rings_cut_or_closed_where_the_base_was_sure():
+    """A handle shows in no component and no cavity: a ring cut (or closed) has one of each either way. The
+    guard gives back the cut of a ring the base was sure of and keeps the closing of a gap it doubted."""
+    ring = np.zeros((5, 20, 20), np.uint8)
+    ring[1:4, 4:16, 4:16] = 1
+    ring[1:4, 8:12, 8:12] = 0  # a square ring three slices thick: one handle
+    confidence = np.full(ring.shape, 0.95, np.float32)
+    cut = ring.copy()
+    cut[1:4, 4:8, 9:11] = 0  # the rule cuts it
+    assert betti_numbers(cut)[:1] == betti_numbers(ring)[:1] and betti_numbers(cut)[1] == betti_numbers(ring)[1] - 1
+    assert (keep_base_topology(cut, ring, False, confidence, 0.9) == ring).all(), "a sure ring comes back whole"
+    assert (keep_base_topology(cut, ring, False, confidence, 0.99) == cut).all(), "not sure enough: the cut stays"
+    broken = cut.copy()  # the base has the gap, doubted
+    confidence[1:4, 4:8, 9:11] = 0.5
+    assert (keep_base_topology(ring, broken, False, confidence, 0.9) == ring).all(), "the repair of a gap stays"
+    confidence[1:4, 4:8, 9:11] = 0.95
+    assert (keep_base_topology(ring, broken, False, confidence, 0.9) == broken).all(), "a sure gap is not closed"
