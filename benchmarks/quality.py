@@ -112,8 +112,8 @@ def seeded_preset(out: str, seed: int, preset: str) -> str:
 
 
 def unguarded_model_folder(model_folder: str, out: str) -> str:
-    """A copy of the model folder's JSON files and refiner whose read-out has neither guard and refines every
-    class, as before the guards existed: the same weights, to show what the guards do."""
+    """A copy of the model folder's JSON files and refiner whose read-out has neither guard nor the labels'
+    topology and refines every class, as before the guards existed: the same weights, to show what they do."""
     copy = os.path.join(out, *model_folder.rstrip(os.sep).split(os.sep)[-2:])
     os.makedirs(os.path.join(copy, "rnca"), exist_ok=True)
     for name in ("dataset.json", "plans.json"):
@@ -121,7 +121,7 @@ def unguarded_model_folder(model_folder: str, out: str) -> str:
     shutil.copy2(os.path.join(model_folder, "rnca", "refiner.safetensors"), os.path.join(copy, "rnca"))
     with open(os.path.join(model_folder, "rnca", "rnca.json")) as handle:
         config = json.load(handle)
-    config.update(guard=None, outline_guard=None, unrefined_labels=[])
+    config.update(guard=None, outline_guard=None, keep_label_topology=False, unrefined_labels=[])
     with open(os.path.join(copy, "rnca", "rnca.json"), "w") as handle:
         json.dump(config, handle, indent=2)
     return copy

@@ -19,6 +19,7 @@ from scipy import ndimage
 from skimage.graph import MCP
 from skimage.segmentation import expand_labels
 
+from rnca_nnunet.label_topology import SharedBetti, toward_shared_betti
 from rnca_nnunet.outline import give_back_changes, keep_base_outline
 from rnca_nnunet.topology import (background_regions, distinct_pairs, frame, guarded_per_slice, label_groups,
                                   label_map_holes, overlap_counts, slices)
@@ -346,7 +347,10 @@ class CleanUp:
     least that sure (`outline.keep_base_outline`). Then, with `fill_joined_pinholes`, holes the rule made
     of nothing but base holes the sizes fill are filled too (`fill_joined_pinholes`). Then, with
     `remove_guarded_specks`, components smaller than `min_component_size` are removed once more: specks the
-    sizes had removed and the guard gave back because the base was sure of them. Last, every cell that has or had one
+    sizes had removed and the guard gave back because the base was sure of them. Then, with
+    `keep_label_topology`, changes that move a class away from the Betti numbers all its training labels share
+    (`label_topology`, found beside the sizes) go back to the base, however unsure nnU-Net was
+    (`label_topology.toward_shared_betti`). Last, every cell that has or had one
     of `unrefined_labels` takes the base's label (classes the refinement did not help on held-out cases).
     Before that, with `fall_back_above` (None: off), a case whose base structure the rule rewrote more than
     that share of (`rewritten_share`) gets the sizes alone on the base instead: the rule is out of its depth
@@ -360,6 +364,8 @@ class CleanUp:
     outline_guard: Optional[float] = None
     fill_joined_pinholes: bool = False
     remove_guarded_specks: bool = False
+    label_topology: SharedBetti = ()
+    keep_label_topology: bool = False
 
     @classmethod
     def from_config(cls, config: dict) -> "CleanUp":
@@ -383,7 +389,7 @@ class CleanUp:
         limit = values["fall_back_above"]
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1):
             raise TypeError(f"fall_back_above must be null or a share from 0 to 1, got {limit!r}")
-        for name in ("fill_joined_pinholes", "remove_guarded_specks"):
+        for name in ("fill_joined_pinholes", "remove_guarded_specks", "keep_label_topology"):
             if not isinstance(values[name], bool):
                 raise TypeError(f"{name} must be true or false, got {values[name]!r}")
         labels = values["unrefined_labels"]
@@ -393,13 +399,14 @@ class CleanUp:
         return cls(values["min_component_size"], values["min_hole_size"], float(radius),
                    None if guard is None else float(guard), tuple(labels), None if limit is None else float(limit),
                    None if values["outline_guard"] is None else float(values["outline_guard"]),
-                   values["fill_joined_pinholes"], values["remove_guarded_specks"])
+                   values["fill_joined_pinholes"], values["remove_guarded_specks"],
+                   _shared_betti_from_config(values["label_topology"]), values["keep_label_topology"])
 
     @property
     def needs_base(self) -> bool:
         """Whether `__call__` needs the base label map (and the base's confidence)."""
         return (self.guard is not None or self.outline_guard is not None or bool(self.unrefined_labels)
-                or self.fall_back_above is not None or self.fill_joined_pinholes)
+                or self.fall_back_above is not None or self.fill_joined_pinholes or self.keep_label_topology)
 
     @property
     def sizes(self) -> "CleanUp":
@@ -430,6 +437,8 @@ class CleanUp:
             segmentation = fill_joined_pinholes(segmentation, base, self.min_hole_size, self.max_hole_radius, per_slice)
         if self.remove_guarded_specks:
             segmentation = self._without_specks(segmentation)
+        if self.keep_label_topology:
+            segmentation = toward_shared_betti(segmentation, base, confidence, self.label_topology, per_slice)
         rewritten, fell_back = None, False
         if self.fall_back_above is not None:
             rewritten = rewritten_share(segmentation, base)
@@ -454,6 +463,24 @@ class CleanUp:
                    f", base outline kept where the base was >= {self.outline_guard:g} sure")
                 + (", holes joined from the base's pinholes filled" if self.fill_joined_pinholes else "")
                 + (", specks the guard gave back removed again" if self.remove_guarded_specks else "")
+                + (", classes kept toward the Betti numbers their training labels share"
+                   if self.keep_label_topology else "")
                 + (f", labels {list(self.unrefined_labels)} left as the base" if self.unrefined_labels else "")
                 + ("" if self.fall_back_above is None else
                    f", the sizes alone where the rule rewrote > {100 * self.fall_back_above:.1f}% of the structure"))
+
+
+def _shared_betti_from_config(value) -> SharedBetti:
+    """`label_topology` of an rnca.json: [[labels], [beta0, beta1(, beta2)]] per class, a Betti number null where
+    the training labels differ."""
+    def whole(v, low: int, high: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (list, tuple))
+            and isinstance(entry[1], (list, tuple)) and entry[0] and all(whole(v, 1, 65535) for v in entry[0])
+            and len(entry[1]) in (2, 3) and all(v is None or whole(v, 0, MAX_SIZE) for v in entry[1])
+            for entry in value):
+        raise TypeError(f"label_topology must be a list of [[labels], [beta0, beta1(, beta2)]] with whole numbers "
+                        f"or null, got {value!r}")
+    return tuple((tuple(labels), tuple(betti)) for labels, betti in value)

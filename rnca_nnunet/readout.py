@@ -13,6 +13,7 @@ import numpy as np
 from rnca_nnunet.cleanup import CleanUp, hole_measures
 from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.data import TrainingCase
+from rnca_nnunet.label_topology import shared_betti
 from rnca_nnunet.metrics import harm_line
 from rnca_nnunet.out_of_depth import with_fall_back
 from rnca_nnunet.refiner import RNCARefiner
@@ -36,6 +37,9 @@ JOINED_PINHOLE_FILLS = (True, False)
 # is what the clean-up alone does with them. Searched last, with the guard already chosen: searched with the
 # guard, it made guard 0.8 beat 0.9 on one of 10 held-out TopoMortar walls and undo real repairs on the val walls
 GUARDED_SPECK_REMOVALS = (True, False)
+# whether changes that move a class away from the Betti numbers all its training labels share go back to nnU-Net
+# (label_topology.py), safest first; searched last, on held-out cases, where it mostly ties
+LABEL_TOPOLOGY_KEEPS = (True, False)
 REAL_HOLE_PERCENTILE = 1.0  # holes as large, or as thick, as the smallest 1% of the labels' own are never filled
 # a larger clean-up value is kept when it scores within this much of the best (0.005: half a percent of the base's
 # topology errors). On the training cases the rule leaves few small holes, so fills of 4 and 16 cells tie there,
@@ -70,10 +74,16 @@ def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Ca
     are refined once (their label maps kept in `folder` when given) and every value is scored on those maps.
     Hole fills stop below the size and the thickness of the labels' own small holes (`real_hole_bounds`), so a
     larger fill that ties removes holes smaller than all but 1% of the labels' own; where the images change,
-    such holes are what the base and the rule add."""
+    such holes are what the base and the rule add. The Betti numbers all these cases' labels share, per class,
+    are kept with the sizes (`label_topology.shared_betti`), for `choose_guard` to decide on."""
     refined = refine_cases(refiner, cases, folder)
     bounds = real_hole_bounds(refiner, cases)
-    clean_up = refiner.clean_up
+    shared = shared_betti((segmentation_from_mask(np.asarray(case.target), refiner.semantics) for case in cases),
+                          refiner.semantics.classes, refiner.model.shape.ndim == 2)
+    log("Betti numbers every training label shares: " + ("; ".join(
+        f"labels {list(labels)} {tuple('-' if v is None else v for v in values)}" for labels, values in shared)
+        or "none"))
+    clean_up = replace(refiner.clean_up, label_topology=shared)
     for setting, values in (("min_component_size", READ_OUT_SIZES), ("min_hole_size", READ_OUT_SIZES),
                             ("max_hole_radius", READ_OUT_RADII)):
         scores = {}
@@ -131,7 +141,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     the guard gave back are removed again (on first, the same way; only with a guard and a speck size); neither
     at guard 0, which keeps the base's topology (on TopoMortar's noisy labels both tied on the held-out walls,
     and the pinhole fill then filled real bricks under 32 cells on val walls the labels had right), then
-    leave unrefined every class on which the refinement does not score better than the base; returns the
+    whether changes that move a class away from the Betti numbers its training labels share go back (on first,
+    the same way), then leave unrefined every class on which the refinement does not score better than the base; returns the
     refiner with that read-out and its held-out result.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
@@ -148,6 +159,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     if refiner.clean_up.guard not in (None, 0.0) and refiner.clean_up.min_component_size > 1:
         refiner, best = _choose_threshold(refiner, "remove_guarded_specks", GUARDED_SPECK_REMOVALS, cases, refined,
                                           log)
+    if refiner.clean_up.label_topology:  # gives back to the base only, so at guard 0 too
+        refiner, best = _choose_threshold(refiner, "keep_label_topology", LABEL_TOPOLOGY_KEEPS, cases, refined, log)
     unhelped = [name for name in best.after if best.decision_score([name]) >= 1.0 - 1e-6]
     for name in best.after:
         log(f"{name}: refiner {'OFF' if name in unhelped else 'on'} (held-out score {best.decision_score([name]):.3f},"

@@ -1,0 +1,100 @@
+"""Keep what every training label agrees on: a class's Betti numbers, where all its training labels share them.
+
+Anatomy fixes some topology: on the generated hearts every training label has LV and RV as one solid
+component (Betti numbers (1, 0, 0)) and MYO as one ring (1, 1, 0). The rule repairs most of nnU-Net's broken
+rings, but where nnU-Net was unsure it also added a tunnel through LV, three handles to a MYO ring and a MYO
+cavity around LV cells (cardiac3d, 2026-12-07): the guard keeps only what nnU-Net was sure of, so it let them
+be. A class whose refined Betti numbers differ from the values its training labels share gets the rule's
+changes given back to nnU-Net, piece by piece, wherever that brings the classes closer to those values: a
+repair that moves toward them is never undone, and no cell goes beyond nnU-Net's own label. A Betti number
+that varies among the training labels (mortar's bricks, a vessel tree's loops) says nothing and is not used.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from rnca_nnunet.metrics import betti_numbers
+from rnca_nnunet.outline import same_topology
+from rnca_nnunet.topology import frame, slices
+
+# per class: its labels, and each Betti number (beta0, beta1[, beta2]) all its training labels share (None where
+# they differ); classes that share none are left out
+SharedBetti = Tuple[Tuple[Tuple[int, ...], Tuple[Optional[int], ...]], ...]
+
+
+def _betti(segmentation: np.ndarray, labels: Sequence[int]) -> Tuple[int, ...]:
+    """A class's Betti numbers in a (Z, Y, X) map: a slice's (beta0, beta1) when Z = 1, else a volume's three."""
+    mask = np.isin(segmentation, labels)
+    return tuple(betti_numbers(mask[0] if mask.shape[0] == 1 else mask))
+
+
+def shared_betti(targets: Iterable[np.ndarray], classes: Dict[str, List[int]], per_slice: bool) -> SharedBetti:
+    """The Betti numbers each class has in every one of the (Z, Y, X) label maps `targets` (in every slice when
+    `per_slice`: a 2D rule's topology is a slice's)."""
+    shared: Dict[str, Optional[Tuple[Optional[int], ...]]] = {name: None for name in classes}
+    for target in targets:
+        for part in slices(target, per_slice):
+            for name, labels in classes.items():
+                values = _betti(part, labels)
+                seen = shared[name]
+                shared[name] = values if seen is None else tuple(a if a == b else None for a, b in zip(seen, values))
+    return tuple((tuple(labels), shared[name]) for name, labels in classes.items()
+                 if shared[name] is not None and any(v is not None for v in shared[name]))
+
+
+def betti_distance(segmentation: np.ndarray, shared: SharedBetti) -> int:
+    """How far the classes' Betti numbers in a (Z, Y, X) map are from the shared ones, summed."""
+    return sum(abs(value - want) for labels, wanted in shared
+               for value, want in zip(_betti(segmentation, labels), wanted) if want is not None)
+
+
+def toward_shared_betti(segmentation: np.ndarray, base: np.ndarray, confidence: Optional[np.ndarray],
+                        shared: SharedBetti, per_slice: bool) -> np.ndarray:
+    """The (Z, Y, X) label map with pieces of its changes against `base` (26-connected cells changed from the
+    same label to the same label) given back to the base where that lowers `betti_distance`. Tried in the order of what each alone would gain, the piece the base was
+    surest of (`confidence`) first among equals, and each kept only where it still lowers the distance: a bar
+    the rule laid across a ring's hole gains more than undoing the ring's repair, which then gains nothing.
+    Only pieces whose return changes some class's topology where they lie are tried (in the piece's box grown
+    by one cell, `outline.same_topology`), so the whole map is counted twice per such piece, not per piece."""
+    if per_slice and segmentation.shape[0] > 1:
+        return np.stack([toward_shared_betti(s[None], b[None], None if confidence is None else c[None], shared,
+                                             False)[0]
+                         for s, b, c in zip(segmentation, base, base if confidence is None else confidence)])
+    distance = betti_distance(segmentation, shared)
+    if distance == 0:
+        return segmentation
+    padding = frame(segmentation.shape)
+    out, base = np.pad(segmentation, padding), np.pad(base, padding)
+    sure = np.pad(np.ones(segmentation.shape, np.float32) if confidence is None else confidence, padding)
+    # one piece per kind of change (the base's label -> ours): a piece that closes a MYO ring stays apart from
+    # one beside it that bores through RV, so undoing the second keeps the first
+    bound = int(max(out.max(), base.max())) + 1
+    kinds = np.where(out != base, base.astype(np.int64) * bound + out + 1, 0)
+    pieces = cc3d.connected_components(kinds, connectivity=26)
+    means = np.bincount(pieces.ravel(), weights=sure.ravel()) / np.maximum(np.bincount(pieces.ravel()), 1)
+    candidates = []
+    for index, box in enumerate(ndimage.find_objects(pieces), start=1):
+        box = tuple(slice(b.start - 1, b.stop + 1) if n > 1 else b for b, n in zip(box, out.shape))
+        now = out[box].copy()
+        given_back = np.where(pieces[box] == index, base[box], now)
+        if all(same_topology(np.isin(now, labels), np.isin(given_back, labels)) for labels, _ in shared):
+            continue
+        out[box] = given_back
+        candidates.append((betti_distance(out, shared) - distance, -means[index], index, box))
+        out[box] = now
+    for gain, _, index, box in sorted(candidates):
+        if gain >= 0:
+            break
+        view, cells = out[box], pieces[box] == index
+        now = view[cells]
+        view[cells] = base[box][cells]
+        trial = betti_distance(out, shared)
+        if trial < distance:
+            distance = trial
+        else:
+            view[cells] = now
+    return out[tuple(slice(p, n + p) for (p, _), n in zip(padding, segmentation.shape))]
