@@ -78,11 +78,15 @@ def choose_read_out(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Ca
     are kept with the sizes (`label_topology.shared_betti`), for `choose_guard` to decide on."""
     refined = refine_cases(refiner, cases, folder)
     bounds = real_hole_bounds(refiner, cases)
-    shared = shared_betti((segmentation_from_mask(np.asarray(case.target), refiner.semantics) for case in cases),
-                          refiner.semantics.classes, refiner.model.shape.ndim == 2)
-    log("Betti numbers every training label shares: " + ("; ".join(
-        f"labels {list(labels)} {tuple('-' if v is None else v for v in values)}" for labels, values in shared)
-        or "none"))
+    if refiner.semantics.ignore_label is None:
+        shared = shared_betti((segmentation_from_mask(np.asarray(case.target), refiner.semantics) for case in cases),
+                              refiner.semantics.classes, refiner.model.shape.ndim == 2)
+        log("Betti numbers every training label shares: " + ("; ".join(
+            f"labels {list(labels)} {tuple('-' if v is None else v for v in values)}" for labels, values in shared)
+            or "none"))
+    else:  # labels with an ignore label are partial: their Betti numbers are the annotation's, not the anatomy's
+        shared = ()
+        log("Betti numbers of the training labels not used: the labels have an ignore label (partial annotation)")
     clean_up = replace(refiner.clean_up, label_topology=shared)
     for setting, values in (("min_component_size", READ_OUT_SIZES), ("min_hole_size", READ_OUT_SIZES),
                             ("max_hole_radius", READ_OUT_RADII)):

@@ -7,8 +7,8 @@ import torch
 from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.label_topology import betti_distance, shared_betti, toward_shared_betti
 from rnca_nnunet.metrics import betti_numbers
-from rnca_nnunet.readout import choose_guard
-from rnca_nnunet.state import segmentation_from_mask
+from rnca_nnunet.readout import choose_guard, choose_read_out
+from rnca_nnunet.state import LabelSemantics, segmentation_from_mask
 from test_guard import near_correct_cases
 from test_refiner import random_refiner
 
@@ -72,3 +72,13 @@ def test_the_read_out_keeps_the_labels_topology_unless_held_out_cases_score_it_w
     refiner = refiner.replace(steps=4, clean_up=CleanUp(label_topology=shared))
     refiner, _ = choose_guard(refiner, cases, log=lambda line: None)
     assert refiner.clean_up.keep_label_topology
+
+
+def test_partial_labels_say_nothing_about_the_topology():
+    """With an ignore label the labels are partial annotation: their Betti numbers are not the anatomy's, so the
+    read-out notes none, where the same walls fully labelled share theirs."""
+    refiner = random_refiner(2).replace(steps=2)
+    cases = near_correct_cases(2, seed=1)
+    assert choose_read_out(refiner, cases, log=lambda line: None).clean_up.label_topology
+    partial = refiner.replace(semantics=LabelSemantics({"background": 0, "LV": 1, "MYO": 2, "ignore": 3}))
+    assert choose_read_out(partial, cases, log=lambda line: None).clean_up.label_topology == ()
