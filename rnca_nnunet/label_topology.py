@@ -46,17 +46,6 @@ def shared_betti(targets: Iterable[np.ndarray], classes: Dict[str, List[int]], p
                  if shared[name] is not None and any(v is not None for v in shared[name]))
 
 
-def betti_distance(segmentation: np.ndarray, shared: SharedBetti) -> int:
-    """How far the classes' Betti numbers in a (Z, Y, X) map are from the shared ones, summed."""
-    return sum(_class_distance(segmentation, labels, wanted, segmentation.shape[0] > 1) for labels, wanted in shared)
-
-
-def _class_distance(segmentation: np.ndarray, labels: Sequence[int], wanted: Sequence[Optional[int]],
-                    volume: bool) -> int:
-    return sum(abs(value - want) for value, want in zip(_betti(segmentation, labels, volume), wanted)
-               if want is not None)
-
-
 class _Distances:
     """Each class's distance to its shared Betti numbers in a framed map that changes only back to `base`,
     counted inside the box around the class's cells in the map or the base (grown by one cell), so that a
@@ -73,9 +62,8 @@ class _Distances:
     def of(self, index: int) -> int:
         labels, wanted = self.shared[index]
         box = self.boxes[index]
-        if box is None:  # in neither map: no piece touches it
-            return sum(abs(want) for want in wanted if want is not None)
-        return _class_distance(self.out[box], labels, wanted, self.volume)
+        values = _betti(self.out[box], labels, self.volume) if box else (0,) * len(wanted)  # in neither map
+        return sum(abs(value - want) for value, want in zip(values, wanted) if want is not None)
 
     def touched(self, values: np.ndarray) -> List[int]:
         """The classes that hold any of these label values."""
@@ -90,21 +78,23 @@ class _Distances:
 def toward_shared_betti(segmentation: np.ndarray, base: np.ndarray, confidence: Optional[np.ndarray],
                         shared: SharedBetti, per_slice: bool) -> np.ndarray:
     """The (Z, Y, X) label map with pieces of its changes against `base` (26-connected cells changed from the
-    same label to the same label) given back to the base where that lowers `betti_distance`. Tried in the
-    order of what each alone would gain, the piece the base was surest of (`confidence`) first among equals, and each kept only where it still lowers the distance: a bar
-    the rule laid across a ring's hole gains more than undoing the ring's repair, which then gains nothing.
+    same label to the same label) given back to the base where that lowers the summed distance of the classes'
+    Betti numbers to the `shared` ones. Tried in the order of what each alone would gain, the piece the base
+    was surest of (`confidence`) first among equals, and each kept only where it still lowers the distance: a
+    bar the rule laid across a ring's hole gains more than undoing the ring's repair, which then gains nothing.
     Only pieces whose return changes some class's topology where they lie are tried (in the piece's box grown
     by one cell, `outline.same_topology`), each costing two counts of the classes it touches, each in its own
-    box (`_Distances`): on a cardiac volume padded to 92x348x348 cells, 2.9 s against 12.0 s for whole-map
-    counts."""
+    box (`_Distances`): on a cardiac volume padded to 92x348x348 cells, 1.3 s against 12.0 s for whole-map
+    counts. A map already at the shared numbers costs one count of each class in its box."""
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([toward_shared_betti(s[None], b[None], None if confidence is None else c[None], shared,
                                              False)[0]
                          for s, b, c in zip(segmentation, base, base if confidence is None else confidence)])
-    if betti_distance(segmentation, shared) == 0:
-        return segmentation
     padding = frame(segmentation.shape)
     out, base = np.pad(segmentation, padding), np.pad(base, padding)
+    distances = _Distances(out, base, shared)
+    if not any(distances.now):
+        return segmentation
     sure = np.pad(np.ones(segmentation.shape, np.float32) if confidence is None else confidence, padding)
     # one piece per kind of change (the base's label -> ours): a piece that closes a MYO ring stays apart from
     # one beside it that bores through RV, so undoing the second keeps the first
@@ -112,7 +102,7 @@ def toward_shared_betti(segmentation: np.ndarray, base: np.ndarray, confidence: 
     kinds = np.where(out != base, base.astype(np.int64) * bound + out + 1, 0)
     pieces = cc3d.connected_components(kinds, connectivity=26)
     means = np.bincount(pieces.ravel(), weights=sure.ravel()) / np.maximum(np.bincount(pieces.ravel()), 1)
-    distances, candidates = _Distances(out, base, shared), []
+    candidates = []
     for index, box in enumerate(ndimage.find_objects(pieces), start=1):
         box = tuple(slice(b.start - 1, b.stop + 1) if n > 1 else b for b, n in zip(box, out.shape))
         cells = pieces[box] == index

@@ -146,8 +146,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     at guard 0, which keeps the base's topology (on TopoMortar's noisy labels both tied on the held-out walls,
     and the pinhole fill then filled real bricks under 32 cells on val walls the labels had right), then
     whether changes that move a class away from the Betti numbers its training labels share go back (on first,
-    the same way), then leave unrefined every class on which the refinement does not score better than the base; returns the
-    refiner with that read-out and its held-out result.
+    the same way), then leave unrefined every class on which the refinement does not score better than the
+    base; returns the refiner with that read-out and its held-out result.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training

@@ -71,6 +71,10 @@ def _read_folder(folder: str, device: Optional[torch.device], settings: dict) ->
         normalisation = check_normalisation(Normalisation(**config["normalisation"]))
         steps = check_steps(config["inference_steps"], f"{config_path}: inference_steps")
         clean_up = CleanUp.from_config(config)
+        counts = {len(betti) for _, betti in clean_up.label_topology} - {shape.ndim}
+        if counts:
+            raise ValueError(f"label_topology holds {counts.pop()} Betti numbers a class, a {shape.ndim}D rule "
+                             f"counts {shape.ndim}")
         transpose_forward = check_transpose(config.get("transpose_forward", [0, 1, 2]))
         trained_on = check_trained_on(config.get("trained_on", {}))
         check_channels(shape, semantics, normalisation)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rnca_nnunet.cleanup import CleanUp
-from rnca_nnunet.label_topology import betti_distance, shared_betti, toward_shared_betti
+from rnca_nnunet.label_topology import shared_betti, toward_shared_betti
 from rnca_nnunet.metrics import betti_numbers
 from rnca_nnunet.readout import choose_guard, choose_read_out
 from rnca_nnunet.state import LabelSemantics, segmentation_from_mask
