@@ -1,5 +1,8 @@
 """Keep what every training label agrees on: changes that move a class away from the Betti numbers all its
 training labels share go back to nnU-Net, however unsure it was, and repairs toward them stay."""
+from pathlib import Path
+
+import cc3d
 import numpy as np
 import pytest
 import torch
@@ -50,6 +53,30 @@ def test_changes_away_from_the_shared_topology_go_back_and_repairs_toward_it_sta
     assert (CleanUp(label_topology=shared, keep_label_topology=True)(refined, False, base, confidence) == kept).all()
     assert (CleanUp(label_topology=shared)(refined, False, base, confidence) == refined).all(), "off: no change"
     assert (toward_shared_betti(heart(), base, confidence, shared, False) == heart()).all(), "a repair alone stays"
+
+
+def test_a_change_no_single_kind_of_piece_can_undo_goes_back_whole():
+    """cardiac3d test volume ts_010 (the fresh draw of 2026-12-07, seed 0, the labels bounding box): the rule
+    closed nnU-Net's cut MYO ring, and with it laid a MYO bar through LV (a tunnel) that walls off a MYO cavity.
+    Given back alone, the bar (LV -> MYO cells) trades LV's tunnel for two MYO handles and the cells beside it
+    (background -> MYO) trade the cavity for a handle: only the whole change, both kinds together, lowers the
+    summed distance (LV intact again, MYO back to nnU-Net's cut ring, as far from its numbers as the rule's)."""
+    data = np.load(Path(__file__).parent / "data" / "cardiac3d_bar_and_cavity.npz")
+    refined, base = data["refined"], data["base"]
+    shared = (((1,), (1, 0, 0)), ((2,), (1, 1, 0)), ((3,), (1, 0, 0)))
+
+    def distance(volume: np.ndarray) -> int:
+        return sum(abs(a - b) for (labels, wanted) in shared
+                   for a, b in zip(betti_numbers(np.isin(volume, labels)), wanted))
+
+    assert [betti_numbers(refined == v) for v in (1, 2, 3)] == [(1, 1, 0), (1, 1, 1), (1, 0, 0)]
+    kinds = np.where(refined != base, base.astype(np.int64) * 4 + refined + 1, 0)
+    pieces = cc3d.connected_components(kinds, connectivity=26)
+    singles = [distance(np.where(pieces == index, base, refined)) for index in range(1, pieces.max() + 1)]
+    assert min(singles) == distance(refined) == 2, "no piece of one kind of change lowers the distance alone"
+    kept = toward_shared_betti(refined, base, None, shared, per_slice=False)
+    assert [betti_numbers(kept == v) for v in (1, 2, 3)] == [(1, 0, 0), (1, 0, 0), (1, 0, 0)]
+    assert distance(kept) == 1 and ((kept != refined) <= (kept == base)).all(), "only the base's labels come back"
 
 
 @pytest.mark.parametrize("value", [[[[2], [1, 1, 0, 0]]], [[[0], [1, 0]]], [[[2], [1, -1, 0]]], [[[2], [1, 1.5]]],
