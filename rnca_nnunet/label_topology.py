@@ -6,7 +6,7 @@ rings, but where nnU-Net was unsure it also added a tunnel through LV, three han
 cavity around LV cells (cardiac3d, 2026-12-07): the guard keeps only what nnU-Net was sure of, so it let them
 be. A class whose refined Betti numbers differ from the values its training labels share gets the rule's
 changes given back to nnU-Net, piece by piece, wherever that brings the classes closer to those values: a
-repair that moves toward them is never undone, and no cell goes beyond nnU-Net's own label. A Betti number
+repair is undone only with harm that outweighs it, and no cell goes beyond nnU-Net's own label. A Betti number
 that varies among the training labels (mortar's bricks, a vessel tree's loops) says nothing and is not used.
 """
 from __future__ import annotations
