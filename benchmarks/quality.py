@@ -121,7 +121,8 @@ def unguarded_model_folder(model_folder: str, out: str) -> str:
     shutil.copy2(os.path.join(model_folder, "rnca", "refiner.safetensors"), os.path.join(copy, "rnca"))
     with open(os.path.join(model_folder, "rnca", "rnca.json")) as handle:
         config = json.load(handle)
-    config.update(guard=None, outline_guard=None, keep_label_topology=False, unrefined_labels=[])
+    config.update(guard=None, outline_guard=None, keep_label_topology=False, unrefined_labels=[],
+                  fill_opened_holes_above=None)
     with open(os.path.join(copy, "rnca", "rnca.json"), "w") as handle:
         json.dump(config, handle, indent=2)
     return copy

@@ -15,7 +15,7 @@ from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.label_topology import shared_betti
 from rnca_nnunet.metrics import harm_line
-from rnca_nnunet.out_of_depth import with_fall_back
+from rnca_nnunet.out_of_depth import with_fall_back, with_opened_hole_limit
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import segmentation_from_mask
 from rnca_nnunet.validation import ValidationResult, refine_cases, summary_line, validate
@@ -118,8 +118,8 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
                     config: TrainConfig, log: Callable[[str], None], folder: Optional[str] = None
                     ) -> Tuple[RNCARefiner, ValidationResult]:
     """The whole read-out of a trained rule (its clean-up is replaced) and its result on the held-out cases:
-    the sizes, then the guards and the classes to refine (`choose_guard`), then the fall-back where the config
-    asks for it. With the guard search (the default) the sizes come from the training cases only, so the
+    the sizes, then the guards and the classes to refine (`choose_guard`), then the limit of holes opened in the
+    base's structure (`out_of_depth.with_opened_hole_limit`), then the fall-back where the config asks for it. With the guard search (the default) the sizes come from the training cases only, so the
     held-out ones choose the guards and score honestly; without it, from every CV case, as before the search."""
     refiner = refiner.replace(clean_up=CleanUp())
     refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
@@ -130,6 +130,7 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
         if config.keep_base_loops:
             refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
         final = validate(refiner, val_cases, 0)
+    refiner = with_opened_hole_limit(refiner, val_cases, log)
     if config.fall_back:
         refiner = with_fall_back(refiner, val_cases, log)
     return refiner, final

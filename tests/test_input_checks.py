@@ -61,6 +61,8 @@ def edit_config(folder: str, edit) -> None:
     (lambda c: c.update(trained_on={"read_out_on": "nnUNetTrainer"}), "trained_on.read_out_on must name a trainer"),
     (lambda c: c.update(label_topology=[[[1], [1, 0, 0]]]), "label_topology holds 3 Betti numbers a class, a 2D"),
     (lambda c: c.update(label_topology=[[[1], [1, float("nan")]]]), "label_topology must be a list of"),
+    (lambda c: c.update(fill_opened_holes_above=-1), "fill_opened_holes_above must be null or a count of holes"),
+    (lambda c: c.update(fill_opened_holes_above="2"), "fill_opened_holes_above must be null or a count of holes"),
     (lambda c: c.update(format_version=99), "format_version 99 is not one this rnca-nnunet reads"),
     (lambda c: c.update(format_version="1"), "format_version '1' is not one this rnca-nnunet reads"),
 ])

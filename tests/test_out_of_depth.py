@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rnca_nnunet.cleanup import CleanUp, rewritten_share
+from rnca_nnunet.cleanup import CleanUp, count_opened_holes, fill_opened_holes, rewritten_share
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.errors import InputError
-from rnca_nnunet.out_of_depth import FACTOR, held_out_shares, with_fall_back
+from rnca_nnunet.out_of_depth import FACTOR, held_out_shares, with_fall_back, with_opened_hole_limit
 from rnca_nnunet.refiner_folder import read_refiner, save_refiner
 from rnca_nnunet.state import segmentation_from_probabilities
 from test_refiner import random_case, random_refiner
@@ -89,3 +89,59 @@ def test_the_limit_is_set_above_every_held_out_case_so_none_of_them_falls_back()
     for (image, probabilities), share in zip(raw, shares):
         case = limited.refine_case(image, probabilities)
         assert not case.fell_back and case.rewritten == pytest.approx(share), "as the predictor refines it"
+
+
+def wall() -> np.ndarray:
+    """(1, Y, X): mortar (label 1) around a 4x4 grid of 6x6 bricks; mortar lines 3 cells wide."""
+    mortar = np.ones((1, 40, 40), np.uint8)
+    for y in range(4):
+        for x in range(4):
+            mortar[0, 3 + 9 * y:9 + 9 * y, 3 + 9 * x:9 + 9 * x] = 0
+    return mortar
+
+
+def test_holes_the_rule_opened_in_the_base_structure_are_filled_where_a_case_has_more_than_the_limit():
+    """Three holes opened where nnU-Net drew mortar are filled once there are more than the limit; a brick the
+    rule widened from one of nnU-Net's (most of its cells nnU-Net's background) stays, as does every brick."""
+    base = wall()
+    refined = base.copy()
+    for y, x in ((10, 10), (19, 19), (28, 28)):
+        refined[0, y, x] = 0  # a hole where mortar lines cross
+    refined[0, 3:10, 3:9] = 0  # the first brick grown by a row of mortar: 6 of 42 cells were nnU-Net's mortar
+    assert count_opened_holes(refined, base, True) == 3
+    filled = fill_opened_holes(refined, base, True)
+    expected = refined.copy()
+    for y, x in ((10, 10), (19, 19), (28, 28)):
+        expected[0, y, x] = 1
+    np.testing.assert_array_equal(filled, expected)
+    np.testing.assert_array_equal(CleanUp(fill_opened_holes_above=2)(refined, True, base, None), expected)
+    np.testing.assert_array_equal(CleanUp(fill_opened_holes_above=3)(refined, True, base, None), refined)
+    np.testing.assert_array_equal(CleanUp()(refined, True, base, None), refined)
+    assert "holes the rule opened in the base's structure filled where a case has more than 2" in str(
+        CleanUp(fill_opened_holes_above=2))
+
+
+def test_the_opened_hole_limit_is_set_above_every_held_out_case_so_none_of_them_changes():
+    refiner = random_refiner(2)
+    raw = [random_case((1, 24, 24), seed) for seed in range(3)]
+    cases = [TrainingCase(f"case{seed}", refiner.normalisation(image), probabilities[1:], probabilities[1:] > 0.5,
+                          np.ones((1, 24, 24), np.float32), (1.0, 1.0, 1.0))
+             for seed, (image, probabilities) in enumerate(raw)]
+    counts = []
+    for image, probabilities in raw:
+        base = segmentation_from_probabilities(probabilities, refiner.semantics)
+        counts.append(count_opened_holes(refiner.refine_case(image, probabilities).segmentation, base, True))
+    assert max(counts) > 0, "the rule must open holes for the test to mean anything"
+    lines = []
+    limited = with_opened_hole_limit(refiner, cases, lines.append)
+    assert limited.clean_up.fill_opened_holes_above == pytest.approx(FACTOR * max(counts))
+    assert "the 3 held-out cases" in lines[0] and f"{min(counts)}-{max(counts)} holes" in lines[0]
+    assert with_opened_hole_limit(refiner, [], lines.append) is refiner
+    for image, probabilities in raw:
+        np.testing.assert_array_equal(limited.refine_case(image, probabilities).segmentation,
+                                      refiner.refine_case(image, probabilities).segmentation)
+    below = refiner.replace(clean_up=replace(refiner.clean_up, fill_opened_holes_above=max(counts) - 1))
+    image, probabilities = raw[int(np.argmax(counts))]
+    base = segmentation_from_probabilities(probabilities, refiner.semantics)
+    assert count_opened_holes(below.refine_case(image, probabilities).segmentation, base, True) == 0, \
+        "beyond the limit every hole the rule opened in nnU-Net's structure is filled"
