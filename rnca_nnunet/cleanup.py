@@ -461,9 +461,11 @@ class CleanUp:
         return self.apply(segmentation, per_slice, base, confidence)[0]
 
     def apply(self, segmentation: np.ndarray, per_slice: bool, base: Optional[np.ndarray] = None,
-              confidence: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[float], bool]:
+              confidence: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[float], bool, Optional[int]]:
         """`__call__`'s label map, the share of the base's structure the rule rewrote (None unless
-        `fall_back_above` is set) and whether that share made the case fall back to the sizes alone."""
+        `fall_back_above` is set), whether that share made the case fall back to the sizes alone, and how many
+        holes the rule opened in the base's structure (None unless `fill_opened_holes_above` is set; filled
+        when more than that)."""
         if self.needs_base and base is None:
             raise ValueError("the guards, the fall-back and unrefined labels need the base label map the rule refined")
         if self.min_component_size > 1 or self.min_hole_size > 1 or self.max_hole_radius > 0:
@@ -479,9 +481,11 @@ class CleanUp:
             segmentation = self._without_specks(segmentation)
         if self.keep_label_topology:
             segmentation = toward_shared_betti(segmentation, base, confidence, self.label_topology, per_slice)
-        if (self.fill_opened_holes_above is not None
-                and count_opened_holes(segmentation, base, per_slice) > self.fill_opened_holes_above):
-            segmentation = fill_opened_holes(segmentation, base, per_slice)
+        opened = None
+        if self.fill_opened_holes_above is not None:
+            opened = count_opened_holes(segmentation, base, per_slice)
+            if opened > self.fill_opened_holes_above:
+                segmentation = fill_opened_holes(segmentation, base, per_slice)
         rewritten, fell_back = None, False
         if self.fall_back_above is not None:
             rewritten = rewritten_share(segmentation, base)
@@ -491,7 +495,7 @@ class CleanUp:
         if self.unrefined_labels:
             kept = np.isin(base, self.unrefined_labels) | np.isin(segmentation, self.unrefined_labels)
             segmentation = np.where(kept, base, segmentation)
-        return segmentation, rewritten, fell_back
+        return segmentation, rewritten, fell_back, opened
 
     def _without_specks(self, segmentation: np.ndarray) -> np.ndarray:
         """The label map without components smaller than `min_component_size`, of every label in it."""

@@ -36,8 +36,8 @@ def _held_out_maps(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> Itera
     for case, (raw, _) in zip(cases, refine_cases(refiner, cases)):
         base_probabilities = probabilities_from_mask(np.asarray(case.mask), refiner.semantics)
         base = segmentation_from_probabilities(base_probabilities, refiner.semantics)
-        cleaned, _, _ = clean_up.apply(np.load(raw) if isinstance(raw, str) else raw, per_slice, base,
-                                       base_confidence(base_probabilities, refiner.semantics))
+        cleaned = clean_up.apply(np.load(raw) if isinstance(raw, str) else raw, per_slice, base,
+                                       base_confidence(base_probabilities, refiner.semantics))[0]
         yield cleaned, base
 
 

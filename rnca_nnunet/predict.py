@@ -51,8 +51,9 @@ def write_pictures(folders: PictureFolders, case: str, refiner: Refiner, image: 
 
 def refine_and_report(refiner: Refiner, image: np.ndarray, probabilities: np.ndarray,
                       steps: Optional[int]) -> Tuple[np.ndarray, np.ndarray, int, str]:
-    """`refine`'s outputs and the case's log text: with an rNCA, how much of nnU-Net's structure the rule
-    rewrote and whether the case fell back to the clean-up alone (other refiners: the steps)."""
+    """`refine`'s outputs and the case's log text: with an rNCA, how many holes the rule opened in nnU-Net's
+    structure and whether they were filled, how much of it the rule rewrote and whether the case fell back to the
+    clean-up alone (other refiners: the steps)."""
     if hasattr(refiner, "refine_case"):
         case = refiner.refine_case(image, probabilities, steps)
         return case.probabilities, case.segmentation, case.steps, str(case)

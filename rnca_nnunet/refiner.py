@@ -51,18 +51,28 @@ class Instability:
 class RefinedCase:
     """One refined case: probabilities (C, Z, Y, X), labels (Z, Y, X), steps run; `rewritten` the share of
     nnU-Net's structure the rule changed (None without a fall-back limit), `fell_back` whether that share was
-    beyond the limit, so the labels are the clean-up alone of nnU-Net's mask."""
+    beyond the limit, so the labels are the clean-up alone of nnU-Net's mask; `opened_holes` how many holes the
+    rule opened in nnU-Net's structure (None without a limit), `holes_filled` whether they were beyond the
+    limit and filled (`CleanUp.fill_opened_holes_above`)."""
     probabilities: np.ndarray
     segmentation: np.ndarray
     steps: int
     rewritten: Optional[float] = None
     fell_back: bool = False
+    opened_holes: Optional[int] = None
+    holes_filled: bool = False
 
     def __str__(self) -> str:
-        if self.rewritten is None:
-            return f"{self.steps} steps"
-        line = f"{self.steps} steps, rewrote {100 * self.rewritten:.1f}% of nnU-Net's structure"
-        return line + "; beyond the rule's depth: wrote the clean-up alone" if self.fell_back else line
+        line = f"{self.steps} steps"
+        if self.opened_holes is not None:
+            line += f", opened {self.opened_holes} holes in nnU-Net's structure"
+            if self.holes_filled:
+                line += " (more than any held-out case: filled)"
+        if self.rewritten is not None:
+            line += f", rewrote {100 * self.rewritten:.1f}% of nnU-Net's structure"
+            if self.fell_back:
+                line += "; beyond the rule's depth: wrote the clean-up alone"
+        return line
 
 
 class RNCARefiner:
@@ -173,8 +183,10 @@ class RNCARefiner:
             base_probabilities = self.to_rule_axes(probabilities)
             base = segmentation_from_probabilities(base_probabilities, self.semantics)
             confidence = base_confidence(base_probabilities, self.semantics)
-        segmentation, rewritten, fell_back = self.read_out(rule_axes, base, confidence)
-        return RefinedCase(refined, self.from_rule_axes(segmentation), used, rewritten, fell_back)
+        segmentation, rewritten, fell_back, opened = self.read_out(rule_axes, base, confidence)
+        limit = self.clean_up.fill_opened_holes_above
+        return RefinedCase(refined, self.from_rule_axes(segmentation), used, rewritten, fell_back, opened,
+                           opened is not None and opened > limit)
 
     def check_steps(self, steps: object) -> int:
         """A step count asked for (--refiner_steps, or `refine`'s `steps`), bounded by the trained one."""
@@ -231,19 +243,19 @@ class RNCARefiner:
         return self.clean_up(segmentation, self.model.shape.ndim == 2, base, confidence)
 
     def read_out(self, probabilities: np.ndarray, base: Optional[np.ndarray] = None,
-                 confidence: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[float], bool]:
+                 confidence: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[float], bool, Optional[int]]:
         """In place: probabilities (C, Z, Y, X) whose last K channels hold the rule's mask are completed
         (`complete_probabilities`) and made to agree with the clean-up's labels; returns those labels, the
-        share rewritten and whether the case fell back (`CleanUp.apply`)."""
+        share rewritten, whether the case fell back and the holes opened in the base's structure (`CleanUp.apply`)."""
         complete_probabilities(probabilities, self.semantics)
         segmentation = segmentation_from_probabilities(probabilities, self.semantics)
-        cleaned, rewritten, fell_back = self.clean_up.apply(segmentation, self.model.shape.ndim == 2, base,
-                                                            confidence)
+        cleaned, rewritten, fell_back, opened = self.clean_up.apply(segmentation, self.model.shape.ndim == 2, base,
+                                                                    confidence)
         if cleaned is not segmentation:
             changed = cleaned != segmentation
             probabilities[:, changed] = probabilities_from_mask(target_from_label(cleaned[changed], self.semantics)[0],
                                                                 self.semantics)
-        return cleaned, rewritten, fell_back
+        return cleaned, rewritten, fell_back, opened
 
     def segment(self, mask: np.ndarray, base_mask: np.ndarray) -> np.ndarray:
         """Refined mask channels, and the base's mask channels they were refined from -> the label map that

@@ -31,10 +31,10 @@ def test_a_case_rewritten_beyond_the_limit_gets_the_sizes_alone_and_one_within_i
     heavily[0, 18:35, 2:38] = 1  # two bars joined into one block
     clean_up = CleanUp(min_component_size=4, fall_back_above=0.2)
     assert rewritten_share(slightly, base) == pytest.approx(20 / 541)
-    kept, share, fell_back = clean_up.apply(slightly, True, base, None)
+    kept, share, fell_back, _ = clean_up.apply(slightly, True, base, None)
     assert not fell_back and share == pytest.approx(21 / 541), "the read-out's own speck removal counts too"
     np.testing.assert_array_equal(kept, CleanUp(min_component_size=4)(slightly, True))
-    written, share, fell_back = clean_up.apply(heavily, True, base, None)
+    written, share, fell_back, _ = clean_up.apply(heavily, True, base, None)
     assert fell_back and share > 0.2
     np.testing.assert_array_equal(written, CleanUp(min_component_size=4)(base, True))
     assert written[0, 14, 20] == 0 and written[0, 25, 20] == 0, "the sizes alone: speck dropped, bars apart"
@@ -137,11 +137,15 @@ def test_the_opened_hole_limit_is_set_above_every_held_out_case_so_none_of_them_
     assert limited.clean_up.fill_opened_holes_above == pytest.approx(FACTOR * max(counts))
     assert "the 3 held-out cases" in lines[0] and f"{min(counts)}-{max(counts)} holes" in lines[0]
     assert with_opened_hole_limit(refiner, [], lines.append) is refiner
-    for image, probabilities in raw:
-        np.testing.assert_array_equal(limited.refine_case(image, probabilities).segmentation,
-                                      refiner.refine_case(image, probabilities).segmentation)
+    for (image, probabilities), count in zip(raw, counts):
+        case = limited.refine_case(image, probabilities)
+        np.testing.assert_array_equal(case.segmentation, refiner.refine_case(image, probabilities).segmentation)
+        assert case.opened_holes == count and not case.holes_filled
+        assert f"opened {count} holes in nnU-Net's structure" in str(case) and "filled" not in str(case)
     below = refiner.replace(clean_up=replace(refiner.clean_up, fill_opened_holes_above=max(counts) - 1))
     image, probabilities = raw[int(np.argmax(counts))]
     base = segmentation_from_probabilities(probabilities, refiner.semantics)
-    assert count_opened_holes(below.refine_case(image, probabilities).segmentation, base, True) == 0, \
+    case = below.refine_case(image, probabilities)
+    assert count_opened_holes(case.segmentation, base, True) == 0, \
         "beyond the limit every hole the rule opened in nnU-Net's structure is filled"
+    assert case.holes_filled and "(more than any held-out case: filled)" in str(case), "the case's log line says so"
