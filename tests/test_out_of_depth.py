@@ -73,12 +73,18 @@ def test_an_impossible_fall_back_limit_in_rnca_json_is_one_line(tmp_path, value)
         read_refiner(str(tmp_path / "rnca"), torch.device("cpu"))
 
 
-def test_the_limit_is_set_above_every_held_out_case_so_none_of_them_falls_back():
+def refiner_and_held_out_cases():
+    """A random rule, three raw (image, probabilities) cases and the same as held-out training cases."""
     refiner = random_refiner(2)
     raw = [random_case((1, 24, 24), seed) for seed in range(3)]
     cases = [TrainingCase(f"case{seed}", refiner.normalisation(image), probabilities[1:], probabilities[1:] > 0.5,
                           np.ones((1, 24, 24), np.float32), (1.0, 1.0, 1.0))
              for seed, (image, probabilities) in enumerate(raw)]
+    return refiner, raw, cases
+
+
+def test_the_limit_is_set_above_every_held_out_case_so_none_of_them_falls_back():
+    refiner, raw, cases = refiner_and_held_out_cases()
     lines = []
     limited = with_fall_back(refiner, cases, lines.append)
     shares = held_out_shares(refiner, cases)
@@ -122,11 +128,7 @@ def test_holes_the_rule_opened_in_the_base_structure_are_filled_where_a_case_has
 
 
 def test_the_opened_hole_limit_is_set_above_every_held_out_case_so_none_of_them_changes():
-    refiner = random_refiner(2)
-    raw = [random_case((1, 24, 24), seed) for seed in range(3)]
-    cases = [TrainingCase(f"case{seed}", refiner.normalisation(image), probabilities[1:], probabilities[1:] > 0.5,
-                          np.ones((1, 24, 24), np.float32), (1.0, 1.0, 1.0))
-             for seed, (image, probabilities) in enumerate(raw)]
+    refiner, raw, cases = refiner_and_held_out_cases()
     counts = []
     for image, probabilities in raw:
         base = segmentation_from_probabilities(probabilities, refiner.semantics)
