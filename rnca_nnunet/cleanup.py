@@ -141,8 +141,8 @@ def fill_opened_holes(segmentation: np.ndarray, base: np.ndarray, per_slice: boo
     Under TopoMortar's occluders the rule (demo base, 3 seeds) opens 1.1-4.0 holes a wall where nnU-Net drew
     mortar, up to 22 in one wall, one in ten of them a brick of the label; on its held-out and val walls at most
     2 in a wall (0.05-0.3 a wall), half of them bricks. nnU-Net's confidence there is the same for both
-    (0.5-0.9), so the guard lets them through. A case holding more of them
-    than any held-out case did is out of the rule's depth there (`CleanUp.fill_opened_holes_above`)."""
+    (0.5-0.9), so the guard lets them through. A case holding far more of them than any held-out case did is
+    out of the rule's depth there (`CleanUp.fill_opened_holes_above`)."""
     if per_slice and segmentation.shape[0] > 1:
         return np.stack([fill_opened_holes(s[None], b[None], False)[0] for s, b in zip(segmentation, base)])
     return _fill_from_around(segmentation, *_opened_holes(segmentation, base))

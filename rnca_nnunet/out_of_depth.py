@@ -14,7 +14,7 @@ holes filled (`CleanUp.fill_opened_holes_above`).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,32 +22,35 @@ from rnca_nnunet.cleanup import count_opened_holes, rewritten_share
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import base_confidence, probabilities_from_mask, segmentation_from_probabilities
-from rnca_nnunet.validation import refine_cases
+from rnca_nnunet.validation import Refined, refine_cases
 
 # chosen on TopoMortar's shifted test groups (shadows, occlusion; benchmarks/TOPOMORTAR_SHIFT.md), never on a
 # case the refiner trains or is checked on
 FACTOR = 1.5
 
 
-def _held_out_maps(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """(the refiner's label map with its read-out, the base's label map) of each held-out case."""
+def _held_out_maps(refiner: RNCARefiner, cases: Sequence[TrainingCase], refined: Optional[Sequence[Refined]]
+                   ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(the refiner's label map with its read-out, the base's label map) of each held-out case; `refined`: the
+    rule's maps from `refine_cases`, if already made."""
     clean_up = refiner.clean_up
     per_slice = refiner.model.shape.ndim == 2
-    for case, (raw, _) in zip(cases, refine_cases(refiner, cases)):
+    for case, (raw, _) in zip(cases, refine_cases(refiner, cases) if refined is None else refined):
         base_probabilities = probabilities_from_mask(np.asarray(case.mask), refiner.semantics)
         base = segmentation_from_probabilities(base_probabilities, refiner.semantics)
         cleaned = clean_up.apply(np.load(raw) if isinstance(raw, str) else raw, per_slice, base,
-                                       base_confidence(base_probabilities, refiner.semantics))[0]
+                                 base_confidence(base_probabilities, refiner.semantics))[0]
         yield cleaned, base
 
 
-def held_out_shares(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> List[float]:
+def held_out_shares(refiner: RNCARefiner, cases: Sequence[TrainingCase],
+                    refined: Optional[Sequence[Refined]] = None) -> List[float]:
     """The share of each case's base structure the refiner (with its read-out, without a fall-back) rewrote."""
-    return [rewritten_share(cleaned, base) for cleaned, base in _held_out_maps(refiner, cases)]
+    return [rewritten_share(cleaned, base) for cleaned, base in _held_out_maps(refiner, cases, refined)]
 
 
-def with_opened_hole_limit(refiner: RNCARefiner, cases: Sequence[TrainingCase],
-                           log: Callable[[str], None]) -> RNCARefiner:
+def with_opened_hole_limit(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
+                           refined: Optional[Sequence[Refined]] = None) -> RNCARefiner:
     """The refiner with `fill_opened_holes_above` set to FACTOR times the most holes it opened in the base's
     structure on a held-out case (`cleanup.count_opened_holes`), so that no held-out case changes (none without
     cases). On by default, unlike the fall-back: it gives back only those holes, and on TopoMortar's val and
@@ -57,18 +60,20 @@ def with_opened_hole_limit(refiner: RNCARefiner, cases: Sequence[TrainingCase],
     per_slice = refiner.model.shape.ndim == 2
     counts = [count_opened_holes(cleaned, base, per_slice) for cleaned, base in _held_out_maps(
         refiner.replace(clean_up=replace(refiner.clean_up, fill_opened_holes_above=None, fall_back_above=None)),
-        cases)]
+        cases, refined)]
     limit = FACTOR * max(counts)
     log(f"opened holes: the rule opened {min(counts)}-{max(counts)} holes in nnU-Net's structure on the "
         f"{len(cases)} held-out cases; a case with more than {limit:g} ({FACTOR:g}x the most) gets them filled")
     return refiner.replace(clean_up=replace(refiner.clean_up, fill_opened_holes_above=limit))
 
 
-def with_fall_back(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None]) -> RNCARefiner:
+def with_fall_back(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
+                   refined: Optional[Sequence[Refined]] = None) -> RNCARefiner:
     """The refiner with its fall-back limit set from the held-out `cases` (none without cases)."""
     if not cases:
         return refiner
-    shares = held_out_shares(refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=None)), cases)
+    shares = held_out_shares(refiner.replace(clean_up=replace(refiner.clean_up, fall_back_above=None)), cases,
+                             refined)
     limit = min(1.0, FACTOR * max(shares))
     log(f"fall-back: the rule rewrote {100 * min(shares):.1f}-{100 * max(shares):.1f}% of nnU-Net's structure on "
         f"the {len(cases)} held-out cases; a case rewritten more than {100 * limit:.1f}% ({FACTOR:g}x the most) "

@@ -18,7 +18,7 @@ from rnca_nnunet.metrics import harm_line
 from rnca_nnunet.out_of_depth import with_fall_back, with_opened_hole_limit
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.state import segmentation_from_mask
-from rnca_nnunet.validation import ValidationResult, refine_cases, summary_line, validate
+from rnca_nnunet.validation import Refined, ValidationResult, refine_cases, summary_line, validate
 
 
 READ_OUT_SIZES = (0, 2, 4, 8, 16, 32, 64)
@@ -123,22 +123,23 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
     held-out ones choose the guards and score honestly; without it, from every CV case, as before the search."""
     refiner = refiner.replace(clean_up=CleanUp())
     refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
+    refined = refine_cases(refiner, val_cases, folder)  # the rule's maps do not depend on the read-out: once
     if config.guard_search:
         refiner, final = choose_guard(refiner, val_cases, log, folder,
-                                      (0.0,) if config.keep_base_loops else GUARD_THRESHOLDS)
+                                      (0.0,) if config.keep_base_loops else GUARD_THRESHOLDS, refined)
     else:
         if config.keep_base_loops:
             refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
-        final = validate(refiner, val_cases, 0)
-    refiner = with_opened_hole_limit(refiner, val_cases, log)
+        final = validate(refiner, val_cases, 0, refined)
+    refiner = with_opened_hole_limit(refiner, val_cases, log, refined)
     if config.fall_back:
-        refiner = with_fall_back(refiner, val_cases, log)
+        refiner = with_fall_back(refiner, val_cases, log, refined)
     return refiner, final
 
 
 def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Callable[[str], None],
-                 folder: Optional[str] = None, guards: Sequence[Optional[float]] = GUARD_THRESHOLDS
-                 ) -> Tuple[RNCARefiner, ValidationResult]:
+                 folder: Optional[str] = None, guards: Sequence[Optional[float]] = GUARD_THRESHOLDS,
+                 refined: Optional[Sequence[Refined]] = None) -> Tuple[RNCARefiner, ValidationResult]:
     """Choose the guard of the base's topology (`guards`, safest first: a less safe one is taken only when it
     scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
     (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then whether holes the
@@ -148,7 +149,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     and the pinhole fill then filled real bricks under 32 cells on val walls the labels had right), then
     whether changes that move a class away from the Betti numbers its training labels share go back (on first,
     the same way), then leave unrefined every class on which the refinement does not score better than the
-    base; returns the refiner with that read-out and its held-out result.
+    base; returns the refiner with that read-out and its held-out result. `refined`: the rule's maps of the
+    cases from `refine_cases`, if already made.
 
     Scored by `decision_score`, which charges harm twice, so that repairs on a few held-out cases must clearly
     outweigh what they break. Chosen on held-out cases, which the rule never trained on: on its training
@@ -156,7 +158,7 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     walls, and one in three intact val walls broken). Ties go to the safer choice, so a refiner whose
     held-out cases show no gain from changing the base's topology keeps it (train.py, unless a preset sets
     `guard_search: false`)."""
-    refined = refine_cases(refiner, cases, folder)
+    refined = refine_cases(refiner, cases, folder) if refined is None else refined
     refiner, _ = _choose_threshold(refiner, "guard", guards, cases, refined, log)
     refiner, best = _choose_threshold(refiner, "outline_guard", OUTLINE_THRESHOLDS, cases, refined, log)
     if refiner.clean_up.guard != 0.0:  # guard 0 keeps the base's topology: nothing after it may change it
