@@ -39,6 +39,9 @@ class TrainConfig:
     case_error_power: float = 0.0
     val_fraction: float = 0.2
     holdout_by_errors: bool = False
+    # rules trained to choose the read-out: 1, the shipped rule alone (its held-out cases choose); K > 1, K - 1 more,
+    # each holding out other cases, so that every CV case scores the read-out once (validation.read_out_folds)
+    read_out_folds: int = 1
     keep_base_loops: bool = False
     guard_search: bool = True  # choose the guard and the classes to refine on the held-out cases (readout.choose_guard)
     # the clean-up alone on cases the rule rewrites beyond the held-out ones (out_of_depth.py); off: with 4 held-out
@@ -137,6 +140,7 @@ def check_config(config: TrainConfig, source: str) -> None:
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
+    _check(1 <= c.read_out_folds <= 10, source, "read_out_folds", c.read_out_folds, "from 1 to 10 (1: one held-out split)")
     _check(0 <= c.seed < 2 ** 32, source, "seed", c.seed, "a whole number from 0 to 2**32 - 1 (NumPy's seeds)")
 
 

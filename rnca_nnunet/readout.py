@@ -115,15 +115,18 @@ def _fills_real_holes(setting: str, value: float, bounds: Optional[np.ndarray]) 
 
 
 def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
-                    config: TrainConfig, log: Callable[[str], None], folder: Optional[str] = None
-                    ) -> Tuple[RNCARefiner, ValidationResult]:
+                    config: TrainConfig, log: Callable[[str], None], folder: Optional[str] = None,
+                    refined: Optional[Sequence[Refined]] = None) -> Tuple[RNCARefiner, ValidationResult]:
     """The whole read-out of a trained rule (its clean-up is replaced) and its result on the held-out cases:
     the sizes, then the guards and the classes to refine (`choose_guard`), then the limit of holes opened in the
     base's structure (`out_of_depth.with_opened_hole_limit`), then the fall-back where the config asks for it. With the guard search (the default) the sizes come from the training cases only, so the
-    held-out ones choose the guards and score honestly; without it, from every CV case, as before the search."""
+    held-out ones choose the guards and score honestly; without it, from every CV case, as before the search.
+    `refined`: the held-out cases' label maps before the read-out, made by the rule that did not train on each
+    (`validation.read_out_folds`; default: this rule's, made here)."""
     refiner = refiner.replace(clean_up=CleanUp())
     refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
-    refined = refine_cases(refiner, val_cases, folder)  # the rule's maps do not depend on the read-out: once
+    if refined is None:  # the rule's maps do not depend on the read-out: made once
+        refined = refine_cases(refiner, val_cases, folder)
     if config.guard_search:
         refiner, final = choose_guard(refiner, val_cases, log, folder,
                                       (0.0,) if config.keep_base_loops else GUARD_THRESHOLDS, refined)

@@ -25,7 +25,7 @@ from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.refiner_folder import FOLDER_NAME, read_refiner, save_refiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
-from rnca_nnunet.validation import split_cases, summary_line
+from rnca_nnunet.validation import read_out_folds, summary_line
 
 
 def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRecord, plot: bool = True) -> List[str]:
@@ -82,7 +82,8 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
         log = _logger(log_file, show_progress)
         cases = _cv_cases(staging, model, images_folder, labels_folder, folds, log)
         counts = [topology_error_count(case, model.ndim) for case in cases] if config.holdout_by_errors else None
-        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed, counts)
+        (train_cases, val_cases), *more_folds = read_out_folds(cases, config.val_fraction, config.seed,
+                                                               config.read_out_folds, counts)
         log(f"rNCA training on {model.path}: {len(train_cases)} training and {len(val_cases)} held-out cases, "
             f"device {device}, config {json.dumps(config_to_dict(config))}")
         trained_on = {"dataset": model.dataset_name, "configuration": model.configuration,
@@ -92,7 +93,7 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
                       "cv_folds": None if folds is None else sorted(int(f) for f in folds)}
         refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
                                         config, trained_on, device, log, show_progress, model.transpose_forward,
-                                        os.path.join(staging, "read_out"))
+                                        os.path.join(staging, "read_out"), more_folds)
     return refiner, record
 
 
@@ -179,7 +180,7 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
             warnings.simplefilter("ignore", ReadOutElsewhereWarning)  # the read-out is being chosen on this model
             kept.check_compatible(model)
         config = TrainConfig(**{name: kept.trained_on.get("train", {}).get(name, getattr(TrainConfig, name))
-                                for name in ("guard_search", "keep_base_loops", "fall_back")})
+                                for name in ("guard_search", "keep_base_loops", "fall_back", "read_out_folds")})
         if os.path.isdir(staging):
             shutil.rmtree(staging)
         os.makedirs(staging)
@@ -197,6 +198,10 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
                 val_cases = [case for case in cases if case.name in held_out]
                 log(f"read-out of {folder} chosen again: {len(train_cases)} training and {len(val_cases)} held-out "
                     f"cases, device {device}; it was {kept.clean_up}")
+                if config.read_out_folds > 1:
+                    log(f"trained with read_out_folds {config.read_out_folds}, whose other rules are not kept: the "
+                        f"read-out is chosen again on the kept rule's {len(val_cases)} held-out cases only; retrain "
+                        f"with nnUNetv2_train_rnca to choose it on every CV case")
                 refiner, final = decide_read_out(_read_out_on(kept, model), train_cases, val_cases, config, log,
                                                  os.path.join(staging, "read_out"))
                 final.iteration = _kept_checkpoint(folder, log)

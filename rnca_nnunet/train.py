@@ -10,6 +10,7 @@ topology and outline where the rule's changes do not pay (readout.decide_read_ou
 from __future__ import annotations
 
 import functools
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from rnca_nnunet.readout import decide_read_out, harm_summary
 from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.sampling import PatchSampler
 from rnca_nnunet.state import LabelSemantics, Normalisation
-from rnca_nnunet.validation import ValidationResult, summary_line, validate
+from rnca_nnunet.validation import Fold, ValidationResult, refine_cases, summary_line, validate
 
 
 @dataclass
@@ -86,14 +87,49 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
                   normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict,
                   device: torch.device, log: Callable[[str], None] = print,
                   show_progress: bool = True, transpose_forward: Sequence[int] = (0, 1, 2),
-                  work_folder: Optional[str] = None) -> Tuple[RNCARefiner, TrainingRecord]:
+                  work_folder: Optional[str] = None, more_folds: Sequence[Fold] = ()
+                  ) -> Tuple[RNCARefiner, TrainingRecord]:
     """Train a rule; returns the refiner with the best held-out checkpoint and read-out, and the record.
     Cases may be in memory or on disk (case_store.py); `work_folder` keeps the read-out search's label maps
-    on disk. Raises TrainingDiverged as soon as the loss or a weight is not finite."""
-    torch.manual_seed(config.seed)  # the global generators, restored on return (restores_global_random_state)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    on disk. `more_folds` (validation.read_out_folds): a rule is trained on each too, only so that its held-out
+    cases join `val_cases` in choosing the read-out. Raises TrainingDiverged as soon as the loss or a weight is
+    not finite."""
+    refiner, losses, validations = _train_rule(train_cases, val_cases, semantics, normalisation, ndim, config,
+                                               trained_on, device, log, show_progress, transpose_forward, config.seed)
+    final = None
+    if val_cases:
+        cases, refined = list(val_cases), refine_cases(refiner, val_cases, _subfolder(work_folder, "held_out"))
+        for index, (fold_train, fold_val) in enumerate(more_folds, start=2):
+            name = f"read-out fold {index} of {len(more_folds) + 1}"
+            log(f"{name}: a rule trained on {len(fold_train)} cases to score the read-out on {len(fold_val)} more")
+            fold_refiner, _, _ = _train_rule(fold_train, fold_val, semantics, normalisation, ndim, config, trained_on,
+                                             device, lambda line: log(f"{name}: {line}"), show_progress,
+                                             transpose_forward, config.seed + index - 1)
+            cases += fold_val
+            refined += refine_cases(fold_refiner, fold_val, _subfolder(work_folder, f"fold_{index}"))
+        best = min(validations, key=lambda v: v.score)
+        refiner, final = decide_read_out(refiner, train_cases, cases, config, log, work_folder, refined)
+        final.iteration = best.iteration
+        log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
+            f"{summary_line(final)}; {harm_summary(final)}")
+    return refiner, TrainingRecord(losses, validations, final)
+
+
+def _subfolder(folder: Optional[str], name: str) -> Optional[str]:
+    """A folder of its own for each rule's label maps: a case held out by one rule is a training case of another."""
+    return None if folder is None else os.path.join(folder, name)
+
+
+def _train_rule(train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], semantics: LabelSemantics,
+                normalisation: Normalisation, ndim: int, config: TrainConfig, trained_on: dict, device: torch.device,
+                log: Callable[[str], None], show_progress: bool, transpose_forward: Sequence[int], seed: int
+                ) -> Tuple[RNCARefiner, List[float], List[ValidationResult]]:
+    """One training from `seed`: the refiner with the best held-out checkpoint (no read-out yet), the losses
+    and the held-out validations."""
+    torch.manual_seed(seed)  # the global generators, restored on return (restores_global_random_state)
+    np.random.seed(seed)
+    random.seed(seed)
+    rng = np.random.default_rng(seed)
     k = semantics.mask_channels
     shape = RuleShape(ndim, train_cases[0].image.shape[0] + k, k, config.hidden_channels, config.update_width)
     model = RNCA(shape)
@@ -156,12 +192,4 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
             model.load_state_dict(trained)
     model.load_state_dict(best_state if best_state is not None else average)
     model.eval()
-    final = None
-    refiner = refiner.replace(clean_up=CleanUp())
-    if val_cases:
-        best = min(validations, key=lambda v: v.score)
-        refiner, final = decide_read_out(refiner, train_cases, val_cases, config, log, work_folder)
-        final.iteration = best.iteration
-        log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
-            f"{summary_line(final)}; {harm_summary(final)}")
-    return refiner, TrainingRecord(losses, validations, final)
+    return refiner.replace(clean_up=CleanUp()), losses, validations

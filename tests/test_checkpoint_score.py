@@ -1,7 +1,7 @@
 """The held-out cases and the score that pick the checkpoint and the read-out sizes: they must span the
 bases, and the score must not let repairs pay for breakage."""
 from rnca_nnunet.metrics import mean_metrics
-from rnca_nnunet.validation import ValidationResult, split_cases
+from rnca_nnunet.validation import ValidationResult, read_out_folds, split_cases
 
 
 def result(before_errors, after_errors):
@@ -53,3 +53,17 @@ def test_held_out_cases_span_the_bases_from_worst_to_best_when_errors_are_given(
     random_draws = [sorted(errors[cases.index(c)] for c in split_cases(cases, 0.2, seed)[1]) for seed in range(20)]
     assert any(draw[-1] < 45 or draw[0] >= 5 for draw in random_draws), "a random draw can miss the extremes"
     assert split_cases(cases, 0.2, 3, errors) == split_cases(cases, 0.2, 3, errors)
+
+
+def test_read_out_folds_hold_out_every_case_once_and_keep_the_shipped_rules_split():
+    errors = [(7 * i) % 50 for i in range(50)]
+    cases = [f"case{i}" for i in range(50)]
+    for folds, counts in ((5, None), (3, errors), (4, None)):
+        splits = read_out_folds(cases, 0.2, 1, folds, counts)
+        assert splits[0] == split_cases(cases, 0.2, 1, counts), "fold 1 is the shipped rule's split"
+        assert len(splits) == folds
+        held = [case for _, held_out in splits for case in held_out]
+        assert sorted(held) == sorted(cases), "every case held out exactly once"
+        assert all(sorted(train + held_out) == sorted(cases) for train, held_out in splits)
+    assert read_out_folds(cases, 0.2, 1, 1) == [split_cases(cases, 0.2, 1)]
+    assert read_out_folds(["only"], 0.2, 0, 5) == [(["only"], [])], "no fold trains on nothing"

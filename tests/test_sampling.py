@@ -163,3 +163,29 @@ def test_filled_holes_corruption_fills_the_share_of_holes_asked_for():
         assert all((filled[holes == h]).all() or not (filled[holes == h]).any() for h in range(1, count + 1)), \
             "a brick is filled whole or not at all"
     assert _filled_holes(grid[None], rng, 1.0).shape == (1, 96, 96)
+
+
+def test_read_out_folds_choose_on_every_case_and_leave_the_shipped_rule_as_it_was(tmp_path):
+    """With read_out_folds 3 every case scores the read-out, each by a rule that did not train on it (its label
+    maps in a folder of their own: on disk a case held out by one rule is a training case of another), and the
+    shipped rule is the one a training without the extra folds keeps."""
+    from rnca_nnunet.validation import read_out_folds
+
+    cases = corrupted_cases("vessels2d", 6, seed=7)
+    config = load_preset("vessels_2d", {"iterations": 6, "validate_every": 3, "pool_size": 16, "batch_size": 4,
+                                        "inference_steps": 8, "read_out_folds": 3})
+    (train, held_out), *more = read_out_folds(cases, config.val_fraction, config.seed, config.read_out_folds)
+    runs = {}
+    for name, folds, folder in (("one rule", [], None), ("in memory", more, None), ("on disk", more, str(tmp_path))):
+        lines = []
+        refiner, record = train_refiner(train, held_out, LabelSemantics(GENERATORS["vessels2d"][1]),
+                                        Normalisation(["ZScoreNormalization"], {}), 2, config, {},
+                                        torch.device("cpu"), log=lines.append, show_progress=False,
+                                        work_folder=folder, more_folds=folds)
+        runs[name] = (torch.cat([p.detach().flatten() for p in refiner.model.parameters()]), record, lines)
+    weights, record, lines = runs["in memory"]
+    assert torch.equal(weights, runs["one rule"][0]), "the extra rules must not change the shipped one"
+    assert sorted(case["case"] for case in record.final.per_case) == sorted(case.name for case in cases)
+    assert sorted(case["case"] for case in runs["one rule"][1].final.per_case) == sorted(c.name for c in held_out)
+    assert any(line.startswith("read-out fold 3 of 3: iteration 6") for line in lines)
+    assert runs["on disk"][1].final.per_case == record.final.per_case, "maps on disk must be each rule's own"
