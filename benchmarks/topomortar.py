@@ -144,12 +144,14 @@ def main() -> None:
     folder = convert(args.source, env["nnUNet_raw"], 950, args.downsample)
     tables = []
     for kind in (args.kinds if "labels" in args.parts else []):
-        results = [refine_imperfect_labels(folder, kind, out, args.rnca_iterations, seed, args.read_out_folds) for seed in args.seeds]
+        results = [refine_imperfect_labels(folder, kind, out, args.rnca_iterations, seed, args.read_out_folds)
+                   for seed in args.seeds]
         tables += [results_table(f"TopoMortar, refining the `{kind}` labels (val split), seed {seed}; read-out "
                                  f"{result['read_out']}", result["summary"])
                    for seed, result in zip(args.seeds, results)]
         if len(results) > 1:
-            tables.insert(len(tables) - len(results), spread_table(f"TopoMortar `{kind}` labels (val split)", results))
+            tables.insert(len(tables) - len(results), spread_table(f"TopoMortar `{kind}` labels (val split)", results,
+                                                                   args.seeds))
     if "nnunet" in args.parts:
         with open(os.path.join(out, "benchmark.log"), "a") as log:
             train_base_model(950, "2d", env, log, args.folds, trainer=args.trainer)

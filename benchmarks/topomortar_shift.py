@@ -342,7 +342,7 @@ def main() -> None:
         tables.append(spread_table(f"{group}: {len(first[group]['walls'])} walls", [
             {"summary": seed[group]["summary"], "read_out": f"{seed[group]['read_out']}; fall-back above "
                                                             f"{100 * seed[group]['limit']:.1f}% rewritten"}
-            for seed in per_seed]))
+            for seed in per_seed], args.seeds))
         diag = diagnosis(first[group]["labels"], first[group]["folders"], model.reader_writer)
         tables.append(f"#### {group}: error classes, mean per wall (seed {args.seeds[0]})\n\n| method | "
                       + " | ".join(DIAGNOSIS) + " |\n|" + "---|" * (len(DIAGNOSIS) + 1) + "\n" + "\n".join(
