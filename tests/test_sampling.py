@@ -3,6 +3,7 @@ labels binary, a seed fixes a whole training, and the refiner keeps the weights'
 import random
 
 import numpy as np
+import pytest
 import torch
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
@@ -165,6 +166,7 @@ def test_filled_holes_corruption_fills_the_share_of_holes_asked_for():
     assert _filled_holes(grid[None], rng, 1.0).shape == (1, 96, 96)
 
 
+@pytest.mark.slow  # trains seven small rules (about 45 s)
 def test_read_out_folds_choose_on_every_case_and_leave_the_shipped_rule_as_it_was(tmp_path):
     """With read_out_folds 3 every case scores the read-out, each by a rule that did not train on it (its label
     maps in a folder of their own: on disk a case held out by one rule is a training case of another), and the
