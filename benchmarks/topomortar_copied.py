@@ -85,7 +85,8 @@ def main() -> None:
                 results[variant].append(evaluate_seed(model, path, raw, sources, os.path.join(
                     out, "copied", variant.replace(" ", "_"), f"seed{seed}", "walls"), env, log, False))
     tables = [spread_table(f"{group}, rNCA of the `{args.weaker_trainer}` base {variant}", [
-        {"summary": seed[group]["summary"], "read_out": seed[group]["read_out"]} for seed in results[variant]], args.seeds)
+        {"summary": seed[group]["summary"], "read_out": seed[group]["read_out"]} for seed in results[variant]],
+        args.seeds)
         for group in results[VARIANTS[0]][0] for variant in VARIANTS]
     for table in tables:
         print("\n" + table, flush=True)

@@ -140,7 +140,8 @@ def check_config(config: TrainConfig, source: str) -> None:
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
-    _check(1 <= c.read_out_folds <= 10, source, "read_out_folds", c.read_out_folds, "from 1 to 10 (1: one held-out split)")
+    _check(1 <= c.read_out_folds <= 10, source, "read_out_folds", c.read_out_folds,
+           "from 1 to 10 (1: one held-out split)")
     _check(0 <= c.seed < 2 ** 32, source, "seed", c.seed, "a whole number from 0 to 2**32 - 1 (NumPy's seeds)")
 
 

@@ -104,7 +104,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
             log(f"{name}: a rule trained on {len(fold_train)} cases to score the read-out on {len(fold_val)} more")
             fold_refiner, _, _ = _train_rule(fold_train, fold_val, semantics, normalisation, ndim, config, trained_on,
                                              device, lambda line: log(f"{name}: {line}"), show_progress,
-                                             transpose_forward, config.seed + index - 1)
+                                             transpose_forward, (config.seed + index - 1) % 2 ** 32)
             cases += fold_val
             refined += refine_cases(fold_refiner, fold_val, _subfolder(work_folder, f"fold_{index}"))
         best = min(validations, key=lambda v: v.score)

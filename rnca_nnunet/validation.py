@@ -52,9 +52,10 @@ def read_out_folds(cases: Sequence[TrainingCase], val_fraction: float, seed: int
     train, held_out = split_cases(cases, val_fraction, seed, error_counts)
     splits = [(train, held_out)]
     for part in np.array_split(np.arange(len(train)), folds - 1) if folds > 1 else []:
-        kept = [case for i, case in enumerate(train) if i not in set(part.tolist())] + held_out
-        if len(part) and kept:
-            splits.append((kept, [train[i] for i in part]))
+        fold_held_out = set(part.tolist())
+        kept = [case for i, case in enumerate(train) if i not in fold_held_out] + held_out
+        if fold_held_out and kept:
+            splits.append((kept, [train[i] for i in sorted(fold_held_out)]))
     return splits
 
 
