@@ -27,6 +27,8 @@ from rnca_nnunet.state import LabelSemantics, Normalisation
 FOLDER_NAME = "rnca"
 WEIGHTS_FILE = "refiner.safetensors"
 CONFIG_FILE = "rnca.json"
+FOLD_RULE_FILE = "read_out_fold_{}.safetensors"  # with read_out_folds K > 1: the rules of folds 2..K, which
+# held out the cases named in rnca.json's trained_on.read_out_fold_cases (fold 1's rule is refiner.safetensors)
 FORMAT_VERSION = 1
 READ_ATTEMPTS = 5
 # the intensity properties nnU-Net's normalisation schemes read (preprocessing/normalization)
@@ -94,14 +96,36 @@ def save_refiner(refiner: RNCARefiner, folder: str, extra_files: Sequence[str] =
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".rnca-partial-", dir=parent)
-    weights = {k: v.detach().cpu().contiguous() for k, v in refiner.model.state_dict().items()}
-    save_file(weights, os.path.join(staging, WEIGHTS_FILE))
+    save_weights(refiner.model, os.path.join(staging, WEIGHTS_FILE))
     with open(os.path.join(staging, CONFIG_FILE), "w") as handle:
         json.dump(refiner_config(refiner), handle, indent=2)
     for path in extra_files:
         shutil.copy2(path, staging)
     shared_folder_permissions(staging)
     replace_folder(staging, folder)
+
+
+def save_weights(model: RNCA, path: str) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+def save_fold_rules(rules: Sequence[RNCA], folder: str) -> List[str]:
+    """The read-out folds' rules (folds 2, 3, ...) as `FOLD_RULE_FILE`s in `folder`; returns their paths."""
+    paths = [os.path.join(folder, FOLD_RULE_FILE.format(index)) for index in range(2, len(rules) + 2)]
+    for rule, path in zip(rules, paths):
+        save_weights(rule, path)
+    return paths
+
+
+def read_fold_rule(folder: str, index: int, shape: RuleShape) -> RNCA:
+    """Read-out fold `index`'s rule from a refiner folder, checked as the shipped rule's weights are."""
+    path = os.path.join(folder, FOLD_RULE_FILE.format(index))
+    if not os.path.isfile(path):
+        raise InputError(f"{path} not found: the refiner was trained with read_out_folds and its folder holds every "
+                         f"fold's rule; copy the whole rnca/ folder again or retrain with nnUNetv2_train_rnca")
+    model = RNCA(shape)
+    model.load_state_dict(_load_weights(path, shape))
+    return model
 
 
 def refiner_config(refiner: RNCARefiner) -> dict:

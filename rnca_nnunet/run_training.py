@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from rnca_nnunet.case_store import store_case
+from rnca_nnunet.cleanup import CleanUp
 from rnca_nnunet.config import TrainConfig, config_to_dict
 from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case, partial_cv_note
 from rnca_nnunet.errors import InputError, ReadOutElsewhereWarning
@@ -22,10 +23,10 @@ from rnca_nnunet.files import folder_lock
 from rnca_nnunet.pictures import plot_progress
 from rnca_nnunet.readout import decide_read_out, harm_summary, unrefined_classes
 from rnca_nnunet.refiner import RNCARefiner
-from rnca_nnunet.refiner_folder import FOLDER_NAME, read_refiner, save_refiner
+from rnca_nnunet.refiner_folder import FOLDER_NAME, read_fold_rule, read_refiner, save_fold_rules, save_refiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
-from rnca_nnunet.validation import read_out_folds, summary_line
+from rnca_nnunet.validation import Refined, read_out_folds, refine_cases, summary_line
 
 
 def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRecord, plot: bool = True) -> List[str]:
@@ -69,6 +70,7 @@ def train_from_model_folder(model: ModelFolder, images_folder: str, labels_folde
             for name in ("cases", "read_out"):
                 shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
         extra = write_training_outputs(staging, refiner, record) + [log_path]
+        extra += save_fold_rules([rule for _, rule in record.fold_rules], staging)
         save_refiner(refiner, os.path.join(model.path, FOLDER_NAME), extra)
         shutil.rmtree(staging, ignore_errors=True)
     return refiner
@@ -91,6 +93,8 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
                       "channel_names": model.dataset_json["channel_names"],
                       "held_out_cases": [c.name for c in val_cases],
                       "cv_folds": None if folds is None else sorted(int(f) for f in folds)}
+        if more_folds:  # their rules are saved beside the shipped one, for --read_out_only
+            trained_on["read_out_fold_cases"] = [[c.name for c in fold_val] for _, fold_val in more_folds]
         refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
                                         config, trained_on, device, log, show_progress, model.transpose_forward,
                                         os.path.join(staging, "read_out"), more_folds)
@@ -162,6 +166,41 @@ def _read_out_on(refiner: RNCARefiner, model: ModelFolder) -> RNCARefiner:
     return refiner.replace(trained_on=trained_on)
 
 
+def _held_out_by_every_fold(kept: RNCARefiner, folder: str, cases: Sequence, val_cases: List, folds: int,
+                            work_folder: str, log: Callable[[str], None]) -> Tuple[List, Optional[List[Refined]]]:
+    """The cases that choose the read-out again and their label maps: with `read_out_folds` K > 1 those every
+    fold's rule held out, each refined by its own rule (from the folder's `read_out_fold_k.safetensors`), as at
+    training; otherwise the kept rule's held-out cases (maps made by `decide_read_out`)."""
+    if folds == 1:
+        return val_cases, None
+    fold_cases = kept.trained_on.get("read_out_fold_cases")
+    if fold_cases is None:
+        log(f"trained with read_out_folds {folds} before the folds' rules were kept: the read-out is chosen again "
+            f"on the kept rule's {len(val_cases)} held-out cases only; retrain with nnUNetv2_train_rnca to choose "
+            f"it on every CV case")
+        return val_cases, None
+    if not (isinstance(fold_cases, list) and len(fold_cases) == folds - 1 and all(
+            isinstance(names, list) and names and all(isinstance(n, str) for n in names) for names in fold_cases)):
+        raise InputError(f"{folder}/rnca.json: trained_on.read_out_fold_cases must list the case names each of the "
+                         f"{folds - 1} other read-out folds held out; retrain with nnUNetv2_train_rnca")
+    by_name = {case.name: case for case in cases}
+    missing = sorted({name for names in fold_cases for name in names} - set(by_name))
+    if missing:
+        raise InputError(f"read-out fold cases {missing[:3]} of {folder} have no CV prediction in "
+                         f"{os.path.dirname(folder)}; retrain with nnUNetv2_train_rnca")
+    rule = kept.replace(clean_up=CleanUp())
+    refined = refine_cases(rule, val_cases, os.path.join(work_folder, "held_out"))
+    every = list(val_cases)
+    for index, names in enumerate(fold_cases, start=2):
+        fold_val = [by_name[name] for name in names]
+        fold_rule = rule.replace(model=read_fold_rule(folder, index, kept.model.shape))
+        refined += refine_cases(fold_rule, fold_val, os.path.join(work_folder, f"fold_{index}"))
+        every += fold_val
+    log(f"read-out folds: the rules of {folds} folds held out {len(every)} cases, each refined by a rule that did "
+        f"not train on it")
+    return every, refined
+
+
 def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder: str, device: torch.device,
                           show_progress: bool = True) -> RNCARefiner:
     """Keep the rule of the model folder's `rnca/` and choose its read-out again on the CV cases it was
@@ -198,20 +237,19 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
                 val_cases = [case for case in cases if case.name in held_out]
                 log(f"read-out of {folder} chosen again: {len(train_cases)} training and {len(val_cases)} held-out "
                     f"cases, device {device}; it was {kept.clean_up}")
-                if config.read_out_folds > 1:
-                    log(f"trained with read_out_folds {config.read_out_folds}, whose other rules are not kept: the "
-                        f"read-out is chosen again on the kept rule's {len(val_cases)} held-out cases only; retrain "
-                        f"with nnUNetv2_train_rnca to choose it on every CV case")
-                refiner, final = decide_read_out(_read_out_on(kept, model), train_cases, val_cases, config, log,
-                                                 os.path.join(staging, "read_out"))
+                kept = _read_out_on(kept, model)
+                val_cases, refined = _held_out_by_every_fold(kept, folder, cases, val_cases, config.read_out_folds,
+                                                             os.path.join(staging, "read_out"), log)
+                refiner, final = decide_read_out(kept, train_cases, val_cases, config, log,
+                                                 os.path.join(staging, "read_out"), refined)
                 final.iteration = _kept_checkpoint(folder, log)
                 log(f"read-out {refiner.clean_up}: {summary_line(final)}; {harm_summary(final)}")
         finally:
             for name in ("cases", "read_out"):
                 shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
         record = TrainingRecord([], [], final)
-        kept_files = [os.path.join(folder, name) for name in ("training_log.txt", "progress.png")
-                      if os.path.isfile(os.path.join(folder, name))]
+        kept_files = [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                      if name in ("training_log.txt", "progress.png") or name.startswith("read_out_fold_")]
         save_refiner(refiner, folder,
                      [*write_training_outputs(staging, refiner, record, plot=False), *kept_files, log_path])
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,7 +13,7 @@ import functools
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,10 +36,13 @@ from rnca_nnunet.validation import Fold, ValidationResult, refine_cases, summary
 
 @dataclass
 class TrainingRecord:
-    """Losses, held-out validations per checkpoint, and the final refiner's validation (None without held-out cases)."""
+    """Losses, held-out validations per checkpoint, the final refiner's validation (None without held-out cases)
+    and the read-out folds' rules, each with the names of the cases it held out (kept so that the read-out can
+    be chosen again on every CV case without training them again)."""
     losses: List[float]
     validations: List[ValidationResult]
     final: Optional[ValidationResult]
+    fold_rules: List[Tuple[List[str], RNCA]] = field(default_factory=list)
 
 
 CHECKPOINT_CLEAN_UP = 4  # cells: checkpoints are scored without one-to-three-cell specks and pinholes
@@ -96,7 +99,7 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
     not finite."""
     refiner, losses, validations = _train_rule(train_cases, val_cases, semantics, normalisation, ndim, config,
                                                trained_on, device, log, show_progress, transpose_forward, config.seed)
-    final = None
+    final, fold_rules = None, []
     if val_cases:
         cases, refined = list(val_cases), refine_cases(refiner, val_cases, _subfolder(work_folder, "held_out"))
         for index, (fold_train, fold_val) in enumerate(more_folds, start=2):
@@ -107,12 +110,13 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
                                              transpose_forward, (config.seed + index - 1) % 2 ** 32)
             cases += fold_val
             refined += refine_cases(fold_refiner, fold_val, _subfolder(work_folder, f"fold_{index}"))
+            fold_rules.append(([case.name for case in fold_val], fold_refiner.model))
         best = min(validations, key=lambda v: v.score)
         refiner, final = decide_read_out(refiner, train_cases, cases, config, log, work_folder, refined)
         final.iteration = best.iteration
         log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
             f"{summary_line(final)}; {harm_summary(final)}")
-    return refiner, TrainingRecord(losses, validations, final)
+    return refiner, TrainingRecord(losses, validations, final, fold_rules)
 
 
 def _subfolder(folder: Optional[str], name: str) -> Optional[str]:
