@@ -43,10 +43,10 @@ class NnunetModel:
                                  f"{result.stderr[-3000:]}")
         return result
 
-    def run_all(self, commands: List[List[str]]) -> List[subprocess.CompletedProcess]:
-        """Several commands (check=False), two at a time: most of a failing command's time is its imports."""
+    def run_all(self, commands: List[List[str]], check: bool = False) -> List[subprocess.CompletedProcess]:
+        """Several independent commands, two at a time: most of a short command's time is its imports."""
         with ThreadPoolExecutor(max_workers=2) as pool:
-            return list(pool.map(lambda command: self.run(*command, check=False), commands))
+            return list(pool.map(lambda command: self.run(*command, check=check), commands))
 
     def predict_args(self, images: str, out: str, folds: List[str], processes: int = 0) -> List[str]:
         """nnUNetv2_predict's arguments; with `processes` 0 (the default here) nnU-Net and we predict without
@@ -109,9 +109,9 @@ def vessel_evaluation(trained_vessel_refiner, tmp_path_factory):
     model = trained_vessel_refiner
     folder = tmp_path_factory.mktemp("evaluation")
     images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(folder / "base"), ["0"]))
-    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(folder / "refined"), ["0"]),
-              "--refiner", "rnca", "--save_uncertainty")
+    model.run_all([["nnUNetv2_predict", *model.predict_args(images, str(folder / "base"), ["0"])],
+                   ["nnUNetv2_predict_rnca", *model.predict_args(images, str(folder / "refined"), ["0"]),
+                    "--refiner", "rnca", "--save_uncertainty"]], check=True)
     result = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
                        "-pred", str(folder / "base"), "-pred_refined", str(folder / "refined"),
                        "-o", str(folder / "summary.json"), "--html", str(folder / "html"), "-images", images)

@@ -50,8 +50,9 @@ def test_refiner_folder_states_what_it_was_trained_on(trained_vessel_refiner):
 def test_prediction_without_refiner_is_byte_identical_to_nnunet(trained_vessel_refiner, tmp_path):
     model = trained_vessel_refiner
     images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(tmp_path / "nnunet"), ["0", "1"], processes=1))
-    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "ours"), ["0", "1"], processes=1))
+    model.run_all([[command, *model.predict_args(images, str(tmp_path / name), ["0", "1"], processes=1)]
+                   for command, name in (("nnUNetv2_predict", "nnunet"), ("nnUNetv2_predict_rnca", "ours"))],
+                  check=True)
     segmentations = sorted(f for f in os.listdir(tmp_path / "nnunet") if f.endswith(".nii.gz"))
     assert len(segmentations) == 3
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "nnunet", tmp_path / "ours", segmentations, shallow=False)
@@ -62,10 +63,10 @@ def test_prediction_with_refiner_writes_what_the_refiner_produced(trained_vessel
     model = trained_vessel_refiner
     images = os.path.join(model.raw_dataset, "imagesTs")
     base, refined = tmp_path / "base", tmp_path / "refined"
-    model.run("nnUNetv2_predict", *model.predict_args(images, str(base), ["0", "1"]), "--save_probabilities")
-    result = model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(refined), ["0", "1"], processes=1),
-                       "--refiner", "rnca", "--save_probabilities", "--png", str(tmp_path / "png"),
-                       "--gif", str(tmp_path / "gif"))
+    _, result = model.run_all([
+        ["nnUNetv2_predict", *model.predict_args(images, str(base), ["0", "1"]), "--save_probabilities"],
+        ["nnUNetv2_predict_rnca", *model.predict_args(images, str(refined), ["0", "1"], processes=1), "--refiner",
+         "rnca", "--save_probabilities", "--png", str(tmp_path / "png"), "--gif", str(tmp_path / "gif")]], check=True)
     assert "refined vessels2d_ts_000" in result.stdout
     assert not [name for name in os.listdir(refined) if name.startswith(".")], "nothing staged or half-written"
     for kind in ("png", "gif"):

@@ -140,12 +140,13 @@ def test_refining_a_folder_never_unpickles_and_never_overwrites_its_input(traine
     _, image_properties = SimpleITKIO().read_images([os.path.join(images, "vessels2d_ts_001_0000.nii.gz")])
     assert np.allclose(properties["spacing"], image_properties["spacing"])
     before = files_of(base)
-    assert_one_line_error(model.run(*refine, "-o", str(base), check=False), "is the input folder -i")
+    into_input, no_images, no_input = model.run_all([
+        [*refine, "-o", str(base)], [*refine[:4], str(tmp_path / "no_images"), *refine[5:], "-o", str(tmp_path / "o2")],
+        [*refine[:2], str(tmp_path / "o2"), *refine[3:], "-o", str(tmp_path / "o3")]])
+    assert_one_line_error(into_input, "is the input folder -i")
     assert files_of(base) == before
-    assert_one_line_error(model.run(*refine[:4], str(tmp_path / "no_images"), *refine[5:], "-o",
-                                    str(tmp_path / "o2"), check=False), "-images")
-    assert_one_line_error(model.run(*refine[:2], str(tmp_path / "o2"), *refine[3:], "-o", str(tmp_path / "o3"),
-                                    check=False), "-i")
+    assert_one_line_error(no_images, "-images")
+    assert_one_line_error(no_input, "-i")
 
 
 def copy_model(model: NnunetModel, tmp_path, name: str) -> tuple:
@@ -161,8 +162,9 @@ def test_bad_training_data_never_replaces_a_good_refiner(trained_vessel_refiner,
     weights = (folder / "rnca" / "refiner.safetensors").read_bytes()
     train = ["nnUNetv2_train_rnca", "Dataset905_Bad", "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu",
              "--iterations", "2", "--disable_progress_bar"]
-    assert_one_line_error(copy.run(*train, "--val_fraction", "1.5", check=False), "val_fraction = 1.5")
-    assert_one_line_error(copy.run(*train[:-3], "--iterations", "0", check=False), "iterations = 0")
+    bad_fraction, no_iterations = copy.run_all([[*train, "--val_fraction", "1.5"], [*train[:-3], "--iterations", "0"]])
+    assert_one_line_error(bad_fraction, "val_fraction = 1.5")
+    assert_one_line_error(no_iterations, "iterations = 0")
     npz = sorted((folder / "fold_0" / "validation").glob("*.npz"))[0]
     probabilities = np.load(npz)["probabilities"]
     probabilities[:, 0, 5, 5] = np.nan
