@@ -1,7 +1,6 @@
 """A model exported with its refiner installs with nnU-Net's own command and predicts as the original."""
 import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 
 from conftest import TEST_TRAINER
 from test_unattended import assert_one_line_error
@@ -21,15 +20,11 @@ def test_an_exported_model_installs_with_its_refiner_and_predicts_byte_identical
     os.makedirs(installed["nnUNet_results"])
     model.run("nnUNetv2_install_pretrained_model_from_zip", archive, env=installed)
     images = os.path.join(model.raw_dataset, "imagesTs")
-    predict = ["nnUNetv2_predict_rnca", "--refiner", "rnca"]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # independent: two at a time
-        runs = [pool.submit(model.run, *predict, *model.predict_args(images, str(tmp_path / name), ["0"]), env=env)
-                for name, env in (("original", model.env), ("installed", installed))]
-        into_folder = model.run("nnUNetv2_export_model_to_zip_rnca", "-d", str(model.dataset_id), "-o", str(tmp_path),
-                                "-c", "2d", "-tr", TEST_TRAINER, check=False)
-        for run in runs:
-            run.result()  # raises if a prediction failed
-    outputs = {name: {f: (tmp_path / name / f).read_bytes() for f in sorted(os.listdir(tmp_path / name))
-                      if f.endswith(".nii.gz")} for name in ("original", "installed")}
+    outputs = {}
+    for name, env in (("original", model.env), ("installed", installed)):
+        out = tmp_path / name
+        model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(out), ["0"]), "--refiner", "rnca", env=env)
+        outputs[name] = {f: (out / f).read_bytes() for f in sorted(os.listdir(out)) if f.endswith(".nii.gz")}
     assert outputs["original"] and outputs["installed"] == outputs["original"]
-    assert_one_line_error(into_folder, "is a folder")
+    assert_one_line_error(model.run("nnUNetv2_export_model_to_zip_rnca", "-d", str(model.dataset_id), "-o",
+                                    str(tmp_path), "-c", "2d", "-tr", TEST_TRAINER, check=False), "is a folder")
