@@ -1,4 +1,5 @@
 """A refiner folder is swapped whole while others read it, and one training at a time writes into a model folder."""
+import dataclasses
 import threading
 import time
 
@@ -57,3 +58,25 @@ def test_a_second_training_into_a_locked_model_folder_stops_at_once(tmp_path):
     with folder_lock(str(tmp_path), "nnUNetv2_train_rnca"):
         pass  # released when the first one ends
     assert list(tmp_path.iterdir()) == [], "the lock adds no file"
+
+
+def test_read_out_fold_rules_load_checked_and_bad_fold_lists_stop_with_one_line(tmp_path):
+    """A read-out fold's rule comes back as saved; one whose weights do not fit the shipped rule's shape, a
+    case list that does not name K - 1 folds, or a case without a CV prediction is one error line."""
+    from rnca_nnunet.refiner_folder import read_fold_rule, save_fold_rules
+    from rnca_nnunet.run_training import _held_out_by_every_fold
+
+    refiner = random_refiner(2)
+    paths = save_fold_rules([refiner.model, random_refiner(2).model], str(tmp_path))
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["read_out_fold_2.safetensors", "read_out_fold_3.safetensors"]
+    loaded = read_fold_rule(str(tmp_path), 2, refiner.model.shape)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), refiner.model.state_dict().values()))
+    wider = dataclasses.replace(refiner.model.shape, update_width=refiner.model.shape.update_width + 1)
+    with pytest.raises(InputError, match="read_out_fold_3.safetensors: weights do not fit"):
+        read_fold_rule(str(tmp_path), 3, wider)
+    for cases, message in (([["a"]], "must list the case names each of the 2 other"), ([["a"], []], "must list"),
+                           ([["a"], ["b"]], r"read-out fold cases \['a', 'b'\] .* have no CV prediction")):
+        kept = refiner.replace(trained_on={"read_out_fold_cases": cases})
+        with pytest.raises(InputError, match=message) as error:
+            _held_out_by_every_fold(kept, str(tmp_path), [], [], 3, str(tmp_path / "work"), print)
+        assert "\n" not in str(error.value)
