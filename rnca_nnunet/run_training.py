@@ -93,7 +93,8 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
                       "channel_names": model.dataset_json["channel_names"],
                       "held_out_cases": [c.name for c in val_cases],
                       "cv_folds": None if folds is None else sorted(int(f) for f in folds)}
-        if more_folds:  # their rules are saved beside the shipped one, for --read_out_only
+        if config.read_out_folds > 1:  # their rules are saved beside the shipped one, for --read_out_only (few
+            # cases may give fewer than K - 1 of them: read_out_folds drops empty folds)
             trained_on["read_out_fold_cases"] = [[c.name for c in fold_val] for _, fold_val in more_folds]
         refiner, record = train_refiner(train_cases, val_cases, model.semantics, model.normalisation, model.ndim,
                                         config, trained_on, device, log, show_progress, model.transpose_forward,
@@ -179,10 +180,15 @@ def _held_out_by_every_fold(kept: RNCARefiner, folder: str, cases: Sequence, val
             f"on the kept rule's {len(val_cases)} held-out cases only; retrain with nnUNetv2_train_rnca to choose "
             f"it on every CV case")
         return val_cases, None
-    if not (isinstance(fold_cases, list) and len(fold_cases) == folds - 1 and all(
+    if not (isinstance(fold_cases, list) and len(fold_cases) < folds and all(
             isinstance(names, list) and names and all(isinstance(n, str) for n in names) for names in fold_cases)):
-        raise InputError(f"{folder}/rnca.json: trained_on.read_out_fold_cases must list the case names each of the "
-                         f"{folds - 1} other read-out folds held out; retrain with nnUNetv2_train_rnca")
+        raise InputError(f"{folder}/rnca.json: trained_on.read_out_fold_cases must list the case names each of at "
+                         f"most {folds - 1} other read-out folds held out; retrain with nnUNetv2_train_rnca")
+    named = [name for names in [[case.name for case in val_cases], *fold_cases] for name in names]
+    if len(set(named)) < len(named):
+        raise InputError(f"{folder}/rnca.json: a case is held out twice in trained_on.held_out_cases and "
+                         f"read_out_fold_cases (each CV case is held out by one rule); retrain with "
+                         f"nnUNetv2_train_rnca")
     by_name = {case.name: case for case in cases}
     missing = sorted({name for names in fold_cases for name in names} - set(by_name))
     if missing:
@@ -196,7 +202,7 @@ def _held_out_by_every_fold(kept: RNCARefiner, folder: str, cases: Sequence, val
         fold_rule = rule.replace(model=read_fold_rule(folder, index, kept.model.shape))
         refined += refine_cases(fold_rule, fold_val, os.path.join(work_folder, f"fold_{index}"))
         every += fold_val
-    log(f"read-out folds: the rules of {folds} folds held out {len(every)} cases, each refined by a rule that did "
+    log(f"read-out folds: the rules of {len(fold_cases) + 1} folds held out {len(every)} cases, each refined by a rule that did "
         f"not train on it")
     return every, refined
 

@@ -238,18 +238,19 @@ def test_read_out_only_takes_the_folds_and_the_flags_the_refiner_was_trained_wit
 
 
 def test_read_out_only_chooses_on_every_read_out_fold_as_the_training_did(trained_vessel_refiner, tmp_path):
-    """A refiner trained with read_out_folds 3 keeps its two other rules beside the shipped one; --read_out_only
-    refines each fold's held-out cases with that fold's rule again, so it chooses on every CV case and comes to
-    what the training chose. Without one of those rules it stops with one line and writes nothing."""
+    """A refiner trained with read_out_folds 5 on 4 CV cases keeps its three other rules (the fifth fold would be
+    empty) beside the shipped one; --read_out_only refines each fold's held-out cases with that fold's rule
+    again, so it chooses on every CV case and comes to what the training chose. Without one of those rules it
+    stops with one line and writes nothing."""
     model = trained_vessel_refiner
     copy, env, again = _copied_model_folder(model, tmp_path)
     preset = tmp_path / "folds.json"
     json.dump({"iterations": 6, "validate_every": 3, "pool_size": 16, "batch_size": 4, "inference_steps": 8,
-               "read_out_folds": 3}, open(preset, "w"))
+               "read_out_folds": 5}, open(preset, "w"))
     model.run(*[part for part in again if part != "--read_out_only"], "--preset", str(preset), env=env)
     folder = copy / "rnca"
-    fold_files = ["read_out_fold_2.safetensors", "read_out_fold_3.safetensors"]
-    assert set(fold_files) < set(os.listdir(folder))
+    fold_files = [f"read_out_fold_{k}.safetensors" for k in (2, 3, 4)]
+    assert set(fold_files) < set(os.listdir(folder)) and "read_out_fold_5.safetensors" not in os.listdir(folder)
     trained, trained_validation = (json.load(open(folder / name)) for name in ("rnca.json", "validation.json"))
     held_out = [trained["trained_on"]["held_out_cases"], *trained["trained_on"]["read_out_fold_cases"]]
     every = [name for names in held_out for name in names]
@@ -259,14 +260,14 @@ def test_read_out_only_chooses_on_every_read_out_fold_as_the_training_did(traine
 
     model.run(*again, env=env)
     log = open(folder / "read_out_log.txt").read()
-    assert "read-out folds: the rules of 3 folds held out 4 cases" in log
+    assert "read-out folds: the rules of 4 folds held out 4 cases" in log
     assert json.load(open(folder / "rnca.json")) == trained, "the same read-out as the training's"
     assert json.load(open(folder / "validation.json"))["per_case"] == trained_validation["per_case"], \
         "every fold's cases refined by its own rule, as at training"
     assert weights == {name: (folder / name).read_bytes() for name in weights}, "every rule is kept"
 
-    (folder / fold_files[1]).unlink()
+    (folder / fold_files[2]).unlink()
     refused = model.run(*again, env=env, check=False)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
-    assert "read_out_fold_3.safetensors not found" in refused.stderr
+    assert "read_out_fold_4.safetensors not found" in refused.stderr
     assert open(folder / "read_out_log.txt").read() == log, "nothing was written"

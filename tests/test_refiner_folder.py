@@ -74,7 +74,8 @@ def test_read_out_fold_rules_load_checked_and_bad_fold_lists_stop_with_one_line(
     wider = dataclasses.replace(refiner.model.shape, update_width=refiner.model.shape.update_width + 1)
     with pytest.raises(InputError, match="read_out_fold_3.safetensors: weights do not fit"):
         read_fold_rule(str(tmp_path), 3, wider)
-    for cases, message in (([["a"]], "must list the case names each of the 2 other"), ([["a"], []], "must list"),
+    for cases, message in (([["a"], ["b"], ["c"]], "must list the case names each of at most 2 other"),
+                           ([["a"], []], "must list"), ([["a"], ["a"]], "a case is held out twice"),
                            ([["a"], ["b"]], r"read-out fold cases \['a', 'b'\] .* have no CV prediction")):
         kept = refiner.replace(trained_on={"read_out_fold_cases": cases})
         with pytest.raises(InputError, match=message) as error:
