@@ -36,7 +36,7 @@ from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.state import LabelSemantics, Normalisation, probabilities_from_mask
 from rnca_nnunet.experiments.topomortar import IMPERFECT, convert, imperfect_label_cases
 from rnca_nnunet.train import train_refiner
-from rnca_nnunet.validation import read_out_folds
+from rnca_nnunet.validation import read_out_fold_count, read_out_folds
 
 
 PRESET = "mesh_2d"  # loop-rich thin networks; see plugin_configs/mesh_2d.json
@@ -84,9 +84,12 @@ def refine_imperfect_labels(folder: str, kind: str, out: str, iterations: Option
         overrides.update(read_out_folds=folds)
     config = load_preset(PRESET, overrides)
     cases = imperfect_label_cases(folder, "Tr", kind, normalisation)
-    counts = [topology_error_count(case, 2) for case in cases] if config.holdout_by_errors else None
+    counts = [topology_error_count(case, 2) for case in cases]
+    config.read_out_folds, why = read_out_fold_count(config.read_out_folds, counts)
+    print(f"{kind}, seed {seed}: {why}")
     (train_cases, val_cases), *more_folds = read_out_folds(cases, config.val_fraction, config.seed,
-                                                           config.read_out_folds, counts)
+                                                           config.read_out_folds,
+                                                           counts if config.holdout_by_errors else None)
     refiner, _ = train_refiner(train_cases, val_cases, semantics, normalisation, 2, config, {"dataset": kind},
                                torch.device("cuda" if torch.cuda.is_available() else "cpu"), show_progress=False,
                                more_folds=more_folds)
@@ -136,7 +139,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="training seeds of the label refiners; with several, a table of the mean and range")
     parser.add_argument("--read_out_folds", type=int, default=None,
-                        help=f"rules trained to choose the label refiners' read-out (default: the {PRESET} preset's)")
+                        help=f"rules trained to choose the label refiners' read-out (default: the {PRESET} preset's: "
+                             f"automatic, from the CV walls' topology)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     started, out = time.time(), os.path.abspath(args.out)

@@ -142,7 +142,8 @@ def kept_refiner_trained_with(model_path: str, config) -> str:
     with open(os.path.join(model_path, "rnca", "rnca.json")) as handle:
         trained = json.load(handle)["trained_on"].get("train", {})
     wanted = json.loads(json.dumps(config_to_dict(config)))
-    changed = sorted(k for k in set(trained) | set(wanted) if trained.get(k) != wanted.get(k))
+    changed = sorted(k for k in set(trained) | set(wanted)  # None asks for what the training chose (read_out_folds)
+                     if not (k in wanted and wanted[k] is None) and trained.get(k) != wanted.get(k))
     if changed:
         print(f"error: {model_path}/rnca was trained with other {PRESET} settings than asked for "
               f"({', '.join(changed)}); move it aside to train it again", file=sys.stderr)

@@ -40,8 +40,9 @@ class TrainConfig:
     val_fraction: float = 0.2
     holdout_by_errors: bool = False
     # rules trained to choose the read-out: 1, the shipped rule alone (its held-out cases choose); K > 1, K - 1 more,
-    # each holding out other cases, so that every CV case scores the read-out once (validation.read_out_folds)
-    read_out_folds: int = 1
+    # each holding out other cases, so that every CV case scores the read-out once (validation.read_out_folds);
+    # None (the default): chosen from the CV cases' topology (validation.read_out_fold_count)
+    read_out_folds: Optional[int] = None
     keep_base_loops: bool = False
     guard_search: bool = True  # choose the guard and the classes to refine on the held-out cases (readout.choose_guard)
     # the clean-up alone on cases the rule rewrites beyond the held-out ones (out_of_depth.py); off: with 4 held-out
@@ -108,7 +109,10 @@ def check_config(config: TrainConfig, source: str) -> None:
     """Every setting's type and range, so a typo fails at once with the setting named, not hours later."""
     for f in fields(TrainConfig):
         value = getattr(config, f.name)
-        if f.name == "patch_size":
+        if f.name == "read_out_folds":
+            _check(value is None or isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10,
+                   source, f.name, value, "null (automatic) or a whole number from 1 to 10 (1: one held-out split)")
+        elif f.name == "patch_size":
             _check(isinstance(value, (list, tuple)) and len(value) in (2, 3)
                    and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 1024 for v in value),
                    source, f.name, value, "2 or 3 whole numbers from 8 to 1024")
@@ -140,8 +144,6 @@ def check_config(config: TrainConfig, source: str) -> None:
         _check(0 <= getattr(c, name) <= 1, source, name, getattr(c, name), "in [0, 1]")
     _check(0 <= c.case_error_power <= 1, source, "case_error_power", c.case_error_power, "in [0, 1] (0: uniform)")
     _check(0 <= c.val_fraction < 1, source, "val_fraction", c.val_fraction, "in [0, 1)")
-    _check(1 <= c.read_out_folds <= 10, source, "read_out_folds", c.read_out_folds,
-           "from 1 to 10 (1: one held-out split)")
     _check(0 <= c.seed < 2 ** 32, source, "seed", c.seed, "a whole number from 0 to 2**32 - 1 (NumPy's seeds)")
 
 

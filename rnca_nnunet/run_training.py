@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from rnca_nnunet.case_store import store_case
 from rnca_nnunet.cleanup import CleanUp
-from rnca_nnunet.config import TrainConfig, config_to_dict
+from rnca_nnunet.config import TrainConfig, check_config, config_to_dict
 from rnca_nnunet.data import ModelFolder, find_cv_predictions, load_training_case, partial_cv_note
 from rnca_nnunet.errors import InputError, ReadOutElsewhereWarning
 from rnca_nnunet.files import folder_lock
@@ -26,7 +27,7 @@ from rnca_nnunet.refiner import RNCARefiner
 from rnca_nnunet.refiner_folder import FOLDER_NAME, read_fold_rule, read_refiner, save_fold_rules, save_refiner
 from rnca_nnunet.sampling import topology_error_count
 from rnca_nnunet.train import TrainingRecord, train_refiner
-from rnca_nnunet.validation import Refined, read_out_folds, refine_cases, summary_line
+from rnca_nnunet.validation import Refined, read_out_fold_count, read_out_folds, refine_cases, summary_line
 
 
 def write_training_outputs(folder: str, refiner: RNCARefiner, record: TrainingRecord, plot: bool = True) -> List[str]:
@@ -83,11 +84,14 @@ def _train_in(staging: str, log_path: str, model: ModelFolder, images_folder: st
     with open(log_path, "w") as log_file:
         log = _logger(log_file, show_progress)
         cases = _cv_cases(staging, model, images_folder, labels_folder, folds, log)
-        counts = [topology_error_count(case, model.ndim) for case in cases] if config.holdout_by_errors else None
-        (train_cases, val_cases), *more_folds = read_out_folds(cases, config.val_fraction, config.seed,
-                                                               config.read_out_folds, counts)
+        counts = [topology_error_count(case, model.ndim) for case in cases]
+        folds_used, why = read_out_fold_count(config.read_out_folds, counts)
+        config = replace(config, read_out_folds=folds_used)  # so rnca.json and --read_out_only hold the count used
+        (train_cases, val_cases), *more_folds = read_out_folds(cases, config.val_fraction, config.seed, folds_used,
+                                                               counts if config.holdout_by_errors else None)
         log(f"rNCA training on {model.path}: {len(train_cases)} training and {len(val_cases)} held-out cases, "
             f"device {device}, config {json.dumps(config_to_dict(config))}")
+        log(why)
         trained_on = {"dataset": model.dataset_name, "configuration": model.configuration,
                       "trainer": model.trainer, "plans": model.plans_identifier,
                       "channel_names": model.dataset_json["channel_names"],
@@ -226,6 +230,9 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
             kept.check_compatible(model)
         config = TrainConfig(**{name: kept.trained_on.get("train", {}).get(name, getattr(TrainConfig, name))
                                 for name in ("guard_search", "keep_base_loops", "fall_back", "read_out_folds")})
+        if config.read_out_folds is None:  # trained before the key existed: its held-out cases chose
+            config = replace(config, read_out_folds=1)
+        check_config(config, f"{folder}/rnca.json trained_on.train")
         if os.path.isdir(staging):
             shutil.rmtree(staging)
         os.makedirs(staging)

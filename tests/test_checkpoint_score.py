@@ -1,7 +1,8 @@
 """The held-out cases and the score that pick the checkpoint and the read-out sizes: they must span the
 bases, and the score must not let repairs pay for breakage."""
 from rnca_nnunet.metrics import mean_metrics
-from rnca_nnunet.validation import ValidationResult, read_out_folds, split_cases
+from rnca_nnunet.validation import (AUTOMATIC_FOLDS, ValidationResult, read_out_fold_count, read_out_folds,
+                                   split_cases)
 
 
 def result(before_errors, after_errors):
@@ -67,3 +68,17 @@ def test_read_out_folds_hold_out_every_case_once_and_keep_the_shipped_rules_spli
         assert all(sorted(train + held_out) == sorted(cases) for train, held_out in splits)
     assert read_out_folds(cases, 0.2, 1, 1) == [split_cases(cases, 0.2, 1)]
     assert read_out_folds(["only"], 0.2, 0, 5) == [(["only"], [])], "no fold trains on nothing"
+
+
+def test_every_cv_case_chooses_the_read_out_when_many_are_already_right():
+    """Unset, read_out_folds follows the CV cases: TopoMortar's noisy labels (33 of 50 walls intact) get every
+    case choosing, the demo nnU-Net base (1 of 50) the held-out cases; a preset's number is kept as it is."""
+    noisy, demo = [0] * 33 + [2] * 17, [0] + [30] * 49
+    assert read_out_fold_count(None, noisy)[0] == AUTOMATIC_FOLDS > 1
+    assert read_out_fold_count(None, demo)[0] == 1
+    assert read_out_fold_count(None, [0] * 5 + [1] * 15)[0] == AUTOMATIC_FOLDS, "a quarter intact is enough"
+    assert read_out_fold_count(None, [0] * 4 + [1] * 16)[0] == 1
+    assert read_out_fold_count(None, [])[0] == 1
+    assert read_out_fold_count(1, noisy)[0] == 1 and read_out_fold_count(3, demo)[0] == 3
+    count, line = read_out_fold_count(None, noisy)
+    assert "33 of 50 CV cases (66%)" in line and "automatic" in line

@@ -40,6 +40,8 @@ def test_refiner_folder_states_what_it_was_trained_on(trained_vessel_refiner):
     assert config["fall_back_above"] is None and "fall-back:" not in log, "the fall-back is off unless asked for"
     assert config["fill_opened_holes_above"] is not None and "opened holes: the rule opened" in log, \
         "the limit of holes opened in nnU-Net's structure is set from the held-out cases by default"
+    assert config["trained_on"]["train"]["read_out_folds"] == 1 and "read_out_folds 1 (automatic): 0 of 4" in log, \
+        "nnU-Net's short training breaks every CV case, so the held-out cases choose the read-out"
     assert "CV predictions of 4 of the 10 training cases only" in log, "folds 0 and 1 of 5 were trained"
     assert f"nnUNetv2_train {config['trained_on']['dataset']} 2d 2 -tr {TEST_TRAINER}" in log
     assert " 2d 1 -tr" not in log, "a fold with CV predictions is not asked for again"

@@ -144,6 +144,9 @@ def test_non_finite_inputs_are_refused():
     ({"batch_size": 300}, "batch_size = 300 is invalid"),
     ({"seed": -1}, "seed = -1 is invalid"),
     ({"ema_decay": 1.0}, "ema_decay = 1.0 is invalid"),
+    ({"read_out_folds": 0}, "read_out_folds = 0 is invalid"),
+    ({"read_out_folds": 2.5}, "read_out_folds = 2.5 is invalid"),
+    ({"read_out_folds": True}, "read_out_folds = True is invalid"),
 ])
 def test_impossible_training_settings_are_refused(tmp_path, values, message):
     preset = tmp_path / "preset.json"
