@@ -191,3 +191,22 @@ def test_read_out_folds_choose_on_every_case_and_leave_the_shipped_rule_as_it_wa
     assert sorted(case["case"] for case in runs["one rule"][1].final.per_case) == sorted(c.name for c in held_out)
     assert any(line.startswith("read-out fold 3 of 3: iteration 6") for line in lines)
     assert runs["on disk"][1].final.per_case == record.final.per_case, "maps on disk must be each rule's own"
+
+
+def test_every_cv_case_chooses_the_read_out_when_a_quarter_of_them_are_already_right():
+    """What a training does with read_out_folds unset: the CV cases' own topology errors decide, so cases whose
+    base already matches its label count as right, and with a quarter of them every case is held out once."""
+    from dataclasses import replace
+
+    from rnca_nnunet.validation import AUTOMATIC_FOLDS, read_out_fold_count, read_out_folds
+
+    cases = corrupted_cases("vessels2d", 8, seed=7)
+    counts = [topology_error_count(case, 2) for case in cases]
+    assert min(counts) > 0, "the corruptions break every case"
+    assert read_out_fold_count(None, counts)[0] == 1
+    right = [replace(case, mask=case.target.copy()) if i < 2 else case for i, case in enumerate(cases)]
+    counts = [topology_error_count(case, 2) for case in right]
+    folds, line = read_out_fold_count(None, counts)
+    assert counts[:2] == [0, 0] and folds == AUTOMATIC_FOLDS and "2 of 8 CV cases (25%)" in line
+    splits = read_out_folds(right, 0.2, 0, folds)
+    assert sorted(case.name for _, held_out in splits for case in held_out) == sorted(case.name for case in right)
