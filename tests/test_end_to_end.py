@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from rnca_nnunet.data import read_model_folder
+from rnca_nnunet.data import read_image, read_model_folder
 from rnca_nnunet.errors import ReadOutElsewhereWarning
 from rnca_nnunet.refiner_folder import read_refiner
 
@@ -240,17 +240,25 @@ def test_read_out_only_takes_the_folds_and_the_flags_the_refiner_was_trained_wit
 
 
 def test_read_out_only_chooses_on_every_read_out_fold_as_the_training_did(trained_vessel_refiner, tmp_path):
-    """A refiner trained with read_out_folds 5 on 4 CV cases keeps its three other rules (the fifth fold would be
-    empty) beside the shipped one; --read_out_only refines each fold's held-out cases with that fold's rule
-    again, so it chooses on every CV case and comes to what the training chose. Without one of those rules it
-    stops with one line and writes nothing."""
+    """One of 4 CV predictions made right (a quarter) makes the training choose its read-out on every CV case by
+    itself (read_out_folds 5, none set): it keeps its three other rules (the fifth fold would be empty) beside
+    the shipped one; --read_out_only refines each fold's held-out cases with that fold's rule again, so it
+    chooses on every CV case and comes to what the training chose. Without one of those rules it stops with
+    one line and writes nothing."""
     model = trained_vessel_refiner
     copy, env, again = _copied_model_folder(model, tmp_path)
+    npz = sorted((copy / "fold_0" / "validation").glob("*.npz"))[0]
+    model_folder = read_model_folder(str(copy))
+    label, _ = read_image(model_folder.reader_writer, [os.path.join(
+        model.env["nnUNet_preprocessed"], model_folder.dataset_name, "gt_segmentations",
+        npz.name[:-len(".npz")] + model_folder.file_ending)], segmentation=True)
+    np.savez_compressed(npz, probabilities=np.concatenate([label == 0, label == 1]).astype(np.float32))
     preset = tmp_path / "folds.json"
-    json.dump({"iterations": 6, "validate_every": 3, "pool_size": 16, "batch_size": 4, "inference_steps": 8,
-               "read_out_folds": 5}, open(preset, "w"))
+    json.dump({"iterations": 6, "validate_every": 3, "pool_size": 16, "batch_size": 4, "inference_steps": 8},
+              open(preset, "w"))
     model.run(*[part for part in again if part != "--read_out_only"], "--preset", str(preset), env=env)
     folder = copy / "rnca"
+    assert "read_out_folds 5 (automatic): 1 of 4 CV cases (25%)" in open(folder / "training_log.txt").read()
     fold_files = [f"read_out_fold_{k}.safetensors" for k in (2, 3, 4)]
     assert set(fold_files) < set(os.listdir(folder)) and "read_out_fold_5.safetensors" not in os.listdir(folder)
     trained, trained_validation = (json.load(open(folder / name)) for name in ("rnca.json", "validation.json"))
