@@ -80,5 +80,5 @@ def test_every_cv_case_chooses_the_read_out_when_many_are_already_right():
     assert read_out_fold_count(None, [0] * 4 + [1] * 16)[0] == 1
     assert read_out_fold_count(None, [])[0] == 1
     assert read_out_fold_count(1, noisy)[0] == 1 and read_out_fold_count(3, demo)[0] == 3
-    count, line = read_out_fold_count(None, noisy)
+    _, line = read_out_fold_count(None, noisy)
     assert "33 of 50 CV cases (66%)" in line and "automatic" in line
