@@ -206,8 +206,8 @@ def _held_out_by_every_fold(kept: RNCARefiner, folder: str, cases: Sequence, val
         fold_rule = rule.replace(model=read_fold_rule(folder, index, kept.model.shape))
         refined += refine_cases(fold_rule, fold_val, os.path.join(work_folder, f"fold_{index}"))
         every += fold_val
-    log(f"read-out folds: the rules of {len(fold_cases) + 1} folds held out {len(every)} cases, each refined by a rule that did "
-        f"not train on it")
+    log(f"read-out folds: the rules of {len(fold_cases) + 1} folds held out {len(every)} cases, each refined by a "
+        f"rule that did not train on it")
     return every, refined
 
 

@@ -238,6 +238,12 @@ def test_read_out_only_takes_the_folds_and_the_flags_the_refiner_was_trained_wit
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
     assert "trained_on.cv_folds must be null or a list of fold numbers" in refused.stderr
 
+    config["trained_on"].update(cv_folds=[0], train=dict(config["trained_on"]["train"], read_out_folds=0))
+    json.dump(config, open(config_path, "w"))
+    refused = model.run(*again, env=env, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+    assert "rnca.json trained_on.train: read_out_folds = 0 is invalid" in refused.stderr
+
 
 def test_read_out_only_chooses_on_every_read_out_fold_as_the_training_did(trained_vessel_refiner, tmp_path):
     """One of 4 CV predictions made right (a quarter) makes the training choose its read-out on every CV case by
