@@ -304,4 +304,7 @@ def test_the_rule_gives_the_same_states_and_gradients_in_either_layout(ndim):
     (states, gradients), (states_other, gradients_other) = results
     assert states.abs().max() > 0.05, "the rule must change the state for the test to mean anything"
     torch.testing.assert_close(states, states_other, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gradients, gradients_other, rtol=1e-4, atol=1e-5)
+    # float32 sums over the cells in another order: on an AMD EPYC one weight of 768 differed by 2e-5 (2e-4
+    # relative, the largest being 1.3e4); a different rule would differ by the gradients' own scale
+    scale = gradients.abs().max().item()
+    torch.testing.assert_close(gradients, gradients_other, rtol=1e-4, atol=1e-6 * scale)
