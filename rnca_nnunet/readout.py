@@ -1,8 +1,9 @@
 """Choose the read-out on the CV cases, beside cleanup.py as nnU-Net keeps its post-processing search beside
 its connected-component code: the clean-up's sizes on the training cases (the largest within
 `READ_OUT_TOLERANCE` of the best score), then the guard of the base's topology and the classes left unrefined on
-the held-out ones, each of these kept only where it scores strictly better than the safer choice
-(`guard_search: false` in a preset: sizes on every CV case and no guard, as before)."""
+the held-out ones, each of these kept only where it scores strictly better than the safer choice (an on/off
+switch: better by more than `READ_OUT_TOLERANCE`); `guard_search: false` in a preset: sizes on every CV case
+and no guard, as before."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -46,6 +47,11 @@ REAL_HOLE_PERCENTILE = 1.0  # holes as large, or as thick, as the smallest 1% of
 # while on images unlike them the larger fill decides: TopoMortar's occluded walls, demo base, the seed that kept
 # holes < 4 had 29.1 loop errors a wall with the clean-up alone, the two that kept < 16 had 7.0 and 6.0
 READ_OUT_TOLERANCE = 0.005
+# an on/off switch leaves its safe side (what the clean-up alone does) only where the other side scores better by
+# more than READ_OUT_TOLERANCE, as a larger clean-up value is kept within it: TopoMortar's demo base, the pinhole
+# fill switched off by 0.001 on the held-out walls left occluded walls 10.14 loop errors instead of 8.26 (and
+# 6.58 instead of 6.30 on another seed), with val and shadowed walls unchanged
+SWITCHES = ("fill_joined_pinholes", "remove_guarded_specks", "keep_label_topology")
 
 
 def real_hole_bounds(refiner: RNCARefiner, cases: Sequence[TrainingCase]) -> Optional[np.ndarray]:
@@ -146,7 +152,8 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
     """Choose the guard of the base's topology (`guards`, safest first: a less safe one is taken only when it
     scores strictly better; `--keep_base_loops` offers 0 alone), then the guard of its outline
     (`OUTLINE_THRESHOLDS`, the same way: it changes no topology, so Dice alone decides), then whether holes the
-    rule joined from the base's pinholes are filled (on first, as the clean-up alone would), then whether specks
+    rule joined from the base's pinholes are filled (on, as the clean-up alone would, unless off scores better
+    by more than `READ_OUT_TOLERANCE`), then whether specks
     the guard gave back are removed again (on first, the same way; only with a guard and a speck size); neither
     at guard 0, which keeps the base's topology (on TopoMortar's noisy labels both tied on the held-out walls,
     and the pinhole fill then filled real bricks under 32 cells on val walls the labels had right), then
@@ -186,20 +193,31 @@ def choose_guard(refiner: RNCARefiner, cases: Sequence[TrainingCase], log: Calla
 def _choose_threshold(refiner: RNCARefiner, setting: str, thresholds: Sequence[Optional[float]],
                       cases: Sequence[TrainingCase], refined: Sequence, log: Callable[[str], None]
                       ) -> Tuple[RNCARefiner, ValidationResult]:
-    """The refiner with the clean-up's `setting` at the threshold of the lowest decision score (a later, less
-    safe one only where it beats the earlier ones by more than 1e-6), and that threshold's held-out result."""
-    best, chosen, best_score = None, None, float("inf")
+    """The refiner with the clean-up's `setting` at the threshold `safest_choice` keeps by decision score, and
+    that threshold's held-out result."""
+    results = []
     for threshold in thresholds:
         result = validate(refiner.replace(clean_up=replace(refiner.clean_up, **{setting: threshold})), cases, 0,
                           refined)
-        score = result.decision_score(list(result.after))
+        results.append(result)
         shown = ("yes" if threshold else "no") if isinstance(threshold, bool) else \
             "off" if threshold is None else f"{threshold:g}"
-        log(f"{setting.replace('_', ' ')} {shown} on {len(cases)} "
-            f"held-out cases: {summary_line(result)} {harm_summary(result)} score {score:.3f}")
-        if score < best_score - 1e-6:
-            best, chosen, best_score = result, threshold, score
-    return refiner.replace(clean_up=replace(refiner.clean_up, **{setting: chosen})), best
+        log(f"{setting.replace('_', ' ')} {shown} on {len(cases)} held-out cases: {summary_line(result)} "
+            f"{harm_summary(result)} score {result.decision_score(list(result.after)):.3f}")
+    index = safest_choice([result.decision_score(list(result.after)) for result in results],
+                          READ_OUT_TOLERANCE if setting in SWITCHES else 1e-6)
+    return refiner.replace(clean_up=replace(refiner.clean_up, **{setting: thresholds[index]})), results[index]
+
+
+def safest_choice(scores: Sequence[float], margin: float) -> int:
+    """The index of the choice kept, `scores` safest first (lower is better): a later, less safe one replaces
+    the one kept so far only where it scores lower by more than `margin` (1e-6 for the guards, whose levels
+    each undo a share of the rule's changes; `READ_OUT_TOLERANCE` for the on/off `SWITCHES`)."""
+    kept = 0
+    for index, score in enumerate(scores):
+        if score < scores[kept] - margin:
+            kept = index
+    return kept
 
 
 def harm_summary(result: ValidationResult) -> str:
