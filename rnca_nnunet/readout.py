@@ -122,13 +122,18 @@ def _fills_real_holes(setting: str, value: float, bounds: Optional[np.ndarray]) 
 
 def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
                     config: TrainConfig, log: Callable[[str], None], folder: Optional[str] = None,
-                    refined: Optional[Sequence[Refined]] = None) -> Tuple[RNCARefiner, ValidationResult]:
+                    refined: Optional[Sequence[Refined]] = None, own_cases: Optional[int] = None
+                    ) -> Tuple[RNCARefiner, ValidationResult]:
     """The whole read-out of a trained rule (its clean-up is replaced) and its result on the held-out cases:
     the sizes, then the guards and the classes to refine (`choose_guard`), then the limit of holes opened in the
-    base's structure (`out_of_depth.with_opened_hole_limit`), then the fall-back where the config asks for it. With the guard search (the default) the sizes come from the training cases only, so the
-    held-out ones choose the guards and score honestly; without it, from every CV case, as before the search.
+    base's structure (`out_of_depth.with_opened_hole_limit`), then the fall-back where the config asks for it.
+    With the guard search (the default) the sizes come from the training cases only, so the held-out ones
+    choose the guards and score honestly; without it, from every CV case, as before the search.
     `refined`: the held-out cases' label maps before the read-out, made by the rule that did not train on each
-    (`validation.read_out_folds`; default: this rule's, made here)."""
+    (`validation.read_out_folds`; default: this rule's, made here). `own_cases`: how many of `val_cases`, first,
+    this rule held out itself (default: all). The two limits are ceilings of this rule on cases it never saw, so
+    they are measured on those alone: other folds' rules are other rules, and a maximum over five times the
+    cases is a looser ceiling (TopoMortar's demo base: 0 opened holes on the 10 walls, 3 on the 50)."""
     refiner = refiner.replace(clean_up=CleanUp())
     refiner = choose_read_out(refiner, train_cases if config.guard_search else [*train_cases, *val_cases], log, folder)
     if refined is None:  # the rule's maps do not depend on the read-out: made once
@@ -140,9 +145,14 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
         if config.keep_base_loops:
             refiner = refiner.replace(clean_up=replace(refiner.clean_up, guard=0.0))
         final = validate(refiner, val_cases, 0, refined)
-    refiner = with_opened_hole_limit(refiner, val_cases, log, refined)
+    own = len(val_cases) if own_cases is None else own_cases
+    if own < len(val_cases):
+        log(f"the limits below are this rule's own: measured on the {own} cases it held out, not on the other "
+            f"read-out folds' {len(val_cases) - own}")
+    own_cases_of, own_refined = list(val_cases)[:own], list(refined)[:own]
+    refiner = with_opened_hole_limit(refiner, own_cases_of, log, own_refined)
     if config.fall_back:
-        refiner = with_fall_back(refiner, val_cases, log, refined)
+        refiner = with_fall_back(refiner, own_cases_of, log, own_refined)
     return refiner, final
 
 

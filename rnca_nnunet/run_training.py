@@ -251,10 +251,11 @@ def decide_read_out_again(model: ModelFolder, images_folder: str, labels_folder:
                 log(f"read-out of {folder} chosen again: {len(train_cases)} training and {len(val_cases)} held-out "
                     f"cases, device {device}; it was {kept.clean_up}")
                 kept = _read_out_on(kept, model)
+                own_cases = len(val_cases)
                 val_cases, refined = _held_out_by_every_fold(kept, folder, cases, val_cases, config.read_out_folds,
                                                              os.path.join(staging, "read_out"), log)
                 refiner, final = decide_read_out(kept, train_cases, val_cases, config, log,
-                                                 os.path.join(staging, "read_out"), refined)
+                                                 os.path.join(staging, "read_out"), refined, own_cases)
                 final.iteration = _kept_checkpoint(folder, log)
                 log(f"read-out {refiner.clean_up}: {summary_line(final)}; {harm_summary(final)}")
         finally:

@@ -112,7 +112,8 @@ def train_refiner(train_cases: Sequence[TrainingCase], val_cases: Sequence[Train
             refined += refine_cases(fold_refiner, fold_val, _subfolder(work_folder, f"fold_{index}"))
             fold_rules.append(([case.name for case in fold_val], fold_refiner.model))
         best = min(validations, key=lambda v: v.score)
-        refiner, final = decide_read_out(refiner, train_cases, cases, config, log, work_folder, refined)
+        refiner, final = decide_read_out(refiner, train_cases, cases, config, log, work_folder, refined,
+                                         len(val_cases))
         final.iteration = best.iteration
         log(f"kept the checkpoint of iteration {best.iteration}, read-out {refiner.clean_up}: "
             f"{summary_line(final)}; {harm_summary(final)}")

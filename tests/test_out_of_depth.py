@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from rnca_nnunet.cleanup import CleanUp, count_opened_holes, fill_opened_holes, rewritten_share
+from rnca_nnunet.config import TrainConfig
 from rnca_nnunet.data import TrainingCase
 from rnca_nnunet.errors import InputError
 from rnca_nnunet.out_of_depth import FACTOR, held_out_shares, with_fall_back, with_opened_hole_limit
+from rnca_nnunet.readout import decide_read_out
 from rnca_nnunet.refiner_folder import read_refiner, save_refiner
 from rnca_nnunet.state import segmentation_from_probabilities
 from test_refiner import random_case, random_refiner
@@ -151,3 +153,26 @@ def test_the_opened_hole_limit_is_set_above_every_held_out_case_so_none_of_them_
     assert count_opened_holes(case.segmentation, base, True) == 0, \
         "beyond the limit every hole the rule opened in nnU-Net's structure is filled"
     assert case.holes_filled and "(more than any held-out case: filled)" in str(case), "the case's log line says so"
+
+
+def test_the_limits_are_measured_on_the_cases_the_kept_rule_held_out_itself():
+    """With read-out folds the other folds' rules refine more cases; a maximum over them is a looser ceiling
+    of another rule (TopoMortar: 0 opened holes on the 10 walls the rule held out, 3 on all 50), so the limits
+    come from the first `own_cases` alone. Fails if they are taken over every case that chose the read-out."""
+    refiner, raw, cases = refiner_and_held_out_cases()
+    base = [segmentation_from_probabilities(probabilities, refiner.semantics) for _, probabilities in raw]
+    ordered = [cases[1], cases[0], cases[2]]
+    config = TrainConfig(guard_search=False, fall_back=True)
+    every, _ = decide_read_out(refiner, [], ordered, config, lambda line: None)
+    lines = []
+    own, _ = decide_read_out(refiner, [], ordered, config, lines.append, own_cases=1)
+    assert own.clean_up.sizes == every.clean_up.sizes, "the read-out is chosen on every case either way"
+    without_limits = own.replace(clean_up=replace(own.clean_up, fill_opened_holes_above=None, fall_back_above=None))
+    counts = [count_opened_holes(without_limits.refine_case(image, probabilities).segmentation, b, True)
+              for (image, probabilities), b in zip(raw, base)]
+    assert counts[1] < max(counts), "the own case must open fewer holes for the test to mean anything"
+    assert own.clean_up.fill_opened_holes_above == pytest.approx(FACTOR * counts[1])
+    assert every.clean_up.fill_opened_holes_above == pytest.approx(FACTOR * max(counts))
+    shares = held_out_shares(without_limits, [cases[1]])
+    assert own.clean_up.fall_back_above == pytest.approx(min(1.0, FACTOR * shares[0]))
+    assert "measured on the 1 cases it held out, not on the other read-out folds' 2" in "\n".join(lines)
