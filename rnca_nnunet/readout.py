@@ -149,10 +149,10 @@ def decide_read_out(refiner: RNCARefiner, train_cases: Sequence[TrainingCase], v
     if own < len(val_cases):
         log(f"the limits below are this rule's own: measured on the {own} cases it held out, not on the other "
             f"read-out folds' {len(val_cases) - own}")
-    own_cases_of, own_refined = list(val_cases)[:own], list(refined)[:own]
-    refiner = with_opened_hole_limit(refiner, own_cases_of, log, own_refined)
+    own_val, own_refined = list(val_cases)[:own], list(refined)[:own]
+    refiner = with_opened_hole_limit(refiner, own_val, log, own_refined)
     if config.fall_back:
-        refiner = with_fall_back(refiner, own_cases_of, log, own_refined)
+        refiner = with_fall_back(refiner, own_val, log, own_refined)
     return refiner, final
 
 
@@ -205,17 +205,17 @@ def _choose_threshold(refiner: RNCARefiner, setting: str, thresholds: Sequence[O
                       ) -> Tuple[RNCARefiner, ValidationResult]:
     """The refiner with the clean-up's `setting` at the threshold `safest_choice` keeps by decision score, and
     that threshold's held-out result."""
-    results = []
+    results, scores = [], []
     for threshold in thresholds:
         result = validate(refiner.replace(clean_up=replace(refiner.clean_up, **{setting: threshold})), cases, 0,
                           refined)
         results.append(result)
+        scores.append(result.decision_score(list(result.after)))
         shown = ("yes" if threshold else "no") if isinstance(threshold, bool) else \
             "off" if threshold is None else f"{threshold:g}"
         log(f"{setting.replace('_', ' ')} {shown} on {len(cases)} held-out cases: {summary_line(result)} "
-            f"{harm_summary(result)} score {result.decision_score(list(result.after)):.3f}")
-    index = safest_choice([result.decision_score(list(result.after)) for result in results],
-                          READ_OUT_TOLERANCE if setting in SWITCHES else 1e-6)
+            f"{harm_summary(result)} score {scores[-1]:.3f}")
+    index = safest_choice(scores, READ_OUT_TOLERANCE if setting in SWITCHES else 1e-6)
     return refiner.replace(clean_up=replace(refiner.clean_up, **{setting: thresholds[index]})), results[index]
 
 
