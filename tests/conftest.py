@@ -2,17 +2,21 @@
 on small generated datasets. Built once per session; every test that needs a model reuses them."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import pytest
+from filelock import FileLock
 
 from rnca_nnunet.nnunet_trainers import TRAINER_FOLDER
-from rnca_nnunet.experiments.synthetic import write_dataset
+from rnca_nnunet.experiments.synthetic import dataset_name, write_dataset
 
 TEST_TRAINER = "nnUNetTrainer_rncaTest"
 MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "vessel_evaluation",
@@ -21,10 +25,12 @@ MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "
 
 def pytest_collection_modifyitems(items) -> None:
     """Mark `slow` every test that trains nnU-Net or a refiner (a model fixture, or a module marked slow), so
-    that `pytest -m "not slow"` runs the unit tests alone while developing."""
+    that `pytest -m "not slow"` runs the unit tests alone while developing; and run those first, so that
+    pytest-xdist's workers fill the end of the run with short unit tests instead of waiting on one long one."""
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @dataclass
@@ -61,42 +67,82 @@ def _environment(root: str) -> Dict[str, str]:
     env.update(nnUNet_raw=os.path.join(root, "raw"), nnUNet_preprocessed=os.path.join(root, "preprocessed"),
                nnUNet_results=os.path.join(root, "results"), nnUNet_extTrainer=TRAINER_FOLDER,
                nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", PYTHONUNBUFFERED="1")
+    if _threads_per_worker():
+        env.update(OMP_NUM_THREADS=str(_threads_per_worker()))
     return env
 
 
-def _train_model(root: str, kind: str, dataset_id: int, configuration: str, cases: int, test_cases: int,
-                 folds: List[int]) -> NnunetModel:
+def _threads_per_worker() -> Optional[int]:
+    """Under pytest-xdist, this machine's cores shared among its workers: two workers of two threads each on two
+    cores fight over them, where one thread each keeps both busy. None: not under xdist, PyTorch's default."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    return max(1, (os.cpu_count() or 1) // int(workers)) if workers else None
+
+
+def pytest_configure(config) -> None:
+    if _threads_per_worker():
+        import torch
+
+        torch.set_num_threads(_threads_per_worker())
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[str], None]) -> str:
+    """The folder `name`, filled by `build` once per test run. Under pytest-xdist every worker gets the same folder:
+    the first to ask builds it under a file lock and the others wait for it, so no nnU-Net is trained twice."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(str(folder))
+            done.touch()
+    return str(folder)
+
+
+def _model(root: str, kind: str, dataset_id: int, configuration: str) -> NnunetModel:
     env = _environment(root)
-    raw = write_dataset(kind, env["nnUNet_raw"], dataset_id, cases, test_cases, seed=dataset_id)
-    model = NnunetModel(env, raw, "", dataset_id, configuration)
-    model.run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "1")
-    for fold in folds:
-        model.run(sys.executable, "-c", "import sys, torch; from nnunetv2.run.run_training import run_training; "
-                  "run_training(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], "
-                  "export_validation_probabilities=True, device=torch.device('cpu'))",
-                  str(dataset_id), configuration, str(fold), TEST_TRAINER)
-    name = os.path.basename(raw)
-    model.model_folder = os.path.join(env["nnUNet_results"], name, f"{TEST_TRAINER}__nnUNetPlans__{configuration}")
-    return model
+    raw = os.path.join(env["nnUNet_raw"], dataset_name(kind, dataset_id))
+    return NnunetModel(env, raw, os.path.join(env["nnUNet_results"], os.path.basename(raw),
+                                              f"{TEST_TRAINER}__nnUNetPlans__{configuration}"),
+                       dataset_id, configuration)
+
+
+def _trained_model(tmp_path_factory, kind: str, dataset_id: int, configuration: str, cases: int, test_cases: int,
+                   folds: List[int]) -> NnunetModel:
+    """A real nnU-Net: plan, preprocess and train `folds` on a generated dataset (once per test run)."""
+    def build(root: str) -> None:
+        model = _model(root, kind, dataset_id, configuration)
+        write_dataset(kind, model.env["nnUNet_raw"], dataset_id, cases, test_cases, seed=dataset_id)
+        model.run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "1")
+        for fold in folds:
+            model.run(sys.executable, "-c", "import sys, torch; from nnunetv2.run.run_training import run_training; "
+                      "run_training(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], "
+                      "export_validation_probabilities=True, device=torch.device('cpu'))",
+                      str(dataset_id), configuration, str(fold), TEST_TRAINER)
+
+    return _model(built_once(tmp_path_factory, f"nnunet{configuration}", build), kind, dataset_id, configuration)
 
 
 @pytest.fixture(scope="session")
 def vessel_model(tmp_path_factory) -> NnunetModel:
     """2D vessels, folds 0 and 1 of a real nnU-Net trained for a few dozen iterations."""
-    return _train_model(str(tmp_path_factory.mktemp("nnunet2d")), "vessels2d", 901, "2d", 10, 3, [0, 1])
+    return _trained_model(tmp_path_factory, "vessels2d", 901, "2d", 10, 3, [0, 1])
 
 
 @pytest.fixture(scope="session")
 def cardiac3d_model(tmp_path_factory) -> NnunetModel:
     """3D multi-class cardiac stacks, fold 0 of a real 3d_fullres nnU-Net."""
-    return _train_model(str(tmp_path_factory.mktemp("nnunet3d")), "cardiac3d", 902, "3d_fullres", 6, 2, [0])
+    return _trained_model(tmp_path_factory, "cardiac3d", 902, "3d_fullres", 6, 2, [0])
 
 
 @pytest.fixture(scope="session")
-def trained_vessel_refiner(vessel_model) -> NnunetModel:
+def trained_vessel_refiner(vessel_model, tmp_path_factory) -> NnunetModel:
     """The vessel model with a briefly trained rnca/ refiner."""
-    vessel_model.run("nnUNetv2_train_rnca", str(vessel_model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER,
-                     "-device", "cpu", "--iterations", "6", "--disable_progress_bar")
+    built_once(tmp_path_factory, "vessel_refiner", lambda _: vessel_model.run(
+        "nnUNetv2_train_rnca", str(vessel_model.dataset_id), "-c", "2d", "-tr", TEST_TRAINER, "-device", "cpu",
+        "--iterations", "6", "--disable_progress_bar"))
     return vessel_model
 
 
@@ -104,28 +150,30 @@ def trained_vessel_refiner(vessel_model) -> NnunetModel:
 def vessel_evaluation(trained_vessel_refiner, tmp_path_factory):
     """The held-out cases predicted by nnU-Net (fold 0) and with the refiner (--save_uncertainty), evaluated
     with an HTML report: (folder, summary.json, the evaluation's stdout)."""
-    import json
-
     model = trained_vessel_refiner
-    folder = tmp_path_factory.mktemp("evaluation")
     images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run_all([["nnUNetv2_predict", *model.predict_args(images, str(folder / "base"), ["0"])],
-                   ["nnUNetv2_predict_rnca", *model.predict_args(images, str(folder / "refined"), ["0"]),
-                    "--refiner", "rnca", "--save_uncertainty"]], check=True)
-    result = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
-                       "-pred", str(folder / "base"), "-pred_refined", str(folder / "refined"),
-                       "-o", str(folder / "summary.json"), "--html", str(folder / "html"), "-images", images)
-    return folder, json.load(open(folder / "summary.json")), result.stdout
+
+    def build(folder: str) -> None:
+        model.run_all([["nnUNetv2_predict", *model.predict_args(images, os.path.join(folder, "base"), ["0"])],
+                       ["nnUNetv2_predict_rnca", *model.predict_args(images, os.path.join(folder, "refined"), ["0"]),
+                        "--refiner", "rnca", "--save_uncertainty"]], check=True)
+        result = model.run("nnUNetv2_evaluate_rnca", "-ref", os.path.join(model.raw_dataset, "labelsTs"),
+                           "-pred", os.path.join(folder, "base"), "-pred_refined", os.path.join(folder, "refined"),
+                           "-o", os.path.join(folder, "summary.json"), "--html", os.path.join(folder, "html"),
+                           "-images", images)
+        Path(folder, "stdout.txt").write_text(result.stdout)
+
+    folder = Path(built_once(tmp_path_factory, "evaluation", build))
+    return folder, json.loads((folder / "summary.json").read_text()), (folder / "stdout.txt").read_text()
 
 
 @pytest.fixture(scope="session")
-def vessel_base_probabilities(trained_vessel_refiner) -> str:
+def vessel_base_probabilities(trained_vessel_refiner, tmp_path_factory) -> str:
     """nnU-Net's fold-0 predictions of the held-out cases with --save_probabilities (read it, never write)."""
     model = trained_vessel_refiner
-    folder = os.path.join(os.path.dirname(model.env["nnUNet_raw"]), "base_probabilities")
-    model.run("nnUNetv2_predict", *model.predict_args(os.path.join(model.raw_dataset, "imagesTs"), folder, ["0"]),
-              "--save_probabilities")
-    return folder
+    return built_once(tmp_path_factory, "base_probabilities", lambda folder: model.run(
+        "nnUNetv2_predict", *model.predict_args(os.path.join(model.raw_dataset, "imagesTs"), folder, ["0"]),
+        "--save_probabilities"))
 
 
 def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, checkpoint: int, held_out: int):
@@ -138,7 +186,6 @@ def train_on_corrupted(kind: str, preset: str, iterations: int, train: int, chec
     from rnca_nnunet.experiments.synthetic import GENERATORS, corrupted_cases
     from rnca_nnunet.train import train_refiner
 
-    torch.set_num_threads(2)
     cases = corrupted_cases(kind, train + checkpoint, seed=101)
     config = load_preset(preset, {"iterations": iterations, "validate_every": iterations // 4})
     ndim = len(config.patch_size)

@@ -226,13 +226,18 @@ def _write(array: np.ndarray, spacing: Tuple[float, ...], path: str) -> None:
     sitk.WriteImage(itk, path, useCompression=True)
 
 
+def dataset_name(kind: str, dataset_id: int) -> str:
+    """The raw dataset folder's name that `write_dataset` writes."""
+    return f"Dataset{dataset_id:03d}_Synthetic{kind[0].upper()}{kind[1:]}"
+
+
 def write_dataset(kind: str, raw_folder: str, dataset_id: int, cases: int, test_cases: int = 0,
                   seed: int = 0) -> str:
     """Write DatasetXXX_<Kind> (imagesTr/labelsTr, optional imagesTs/labelsTs) and return its folder."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown synthetic dataset '{kind}'; choose one of {sorted(GENERATORS)}")
     generate, labels, spacing = GENERATORS[kind]
-    name = f"Dataset{dataset_id:03d}_Synthetic{kind[0].upper()}{kind[1:]}"
+    name = dataset_name(kind, dataset_id)
     folder = os.path.join(raw_folder, name)
     rng = np.random.default_rng(seed)
     for split, count in (("Tr", cases), ("Ts", test_cases)):
