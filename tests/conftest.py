@@ -25,12 +25,14 @@ MODEL_FIXTURES = {"vessel_model", "cardiac3d_model", "trained_vessel_refiner", "
 
 def pytest_collection_modifyitems(items) -> None:
     """Mark `slow` every test that trains nnU-Net or a refiner (a model fixture, or a module marked slow), so
-    that `pytest -m "not slow"` runs the unit tests alone while developing; and run those first, so that
-    pytest-xdist's workers fill the end of the run with short unit tests instead of waiting on one long one."""
+    that `pytest -m "not slow"` runs the unit tests alone while developing. Order for pytest-xdist's workers:
+    the refiners a module trains for itself first, so that one worker builds the shared nnU-Net models while
+    the other trains instead of both waiting on them; the short unit tests last, to fill the end of the run."""
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 bool(MODEL_FIXTURES & set(getattr(item, "fixturenames", ())))))
 
 
 @dataclass
