@@ -128,24 +128,6 @@ def test_missing_cv_probabilities_name_the_command(vessel_model, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_cardiac_3d_multiclass_path(cardiac3d_model, tmp_path):
-    model = cardiac3d_model
-    model.run("nnUNetv2_train_rnca", str(model.dataset_id), "-c", "3d_fullres", "-tr", TEST_TRAINER,
-              "-device", "cpu", "--iterations", "3", "--disable_progress_bar")
-    folder = read_model_folder(model.model_folder)
-    assert folder.semantics.mask_channels == 3
-    config = json.load(open(os.path.join(model.model_folder, "rnca", "rnca.json")))
-    assert config["rule"]["ndim"] == 3 and config["rule"]["mask_channels"] == 3
-    images = os.path.join(model.raw_dataset, "imagesTs")
-    model.run("nnUNetv2_predict_rnca", *model.predict_args(images, str(tmp_path / "out"), ["0"]),
-              "--refiner", "rnca", "--refiner_steps", "8")
-    io = SimpleITKIO()
-    for case in ("cardiac3d_ts_000", "cardiac3d_ts_001"):
-        written, properties = io.read_seg(str(tmp_path / "out" / f"{case}.nii.gz"))
-        image, _ = io.read_images([os.path.join(images, f"{case}_0000.nii.gz")])
-        assert written.shape == image.shape and set(np.unique(written)) <= {0, 1, 2, 3}
-
-
 def test_evaluation_compares_base_and_refined_and_draws_them(trained_vessel_refiner, vessel_evaluation):
     model = trained_vessel_refiner
     folder, summary, stdout = vessel_evaluation
