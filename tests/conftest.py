@@ -1,5 +1,6 @@
 """Shared fixtures: real nnU-Net v2 runs (plan, preprocess, short CPU training, --npz CV output)
-on small generated datasets. Built once per session; every test that needs a model reuses them."""
+on small generated datasets. Built once per run, under pytest-xdist once for all its workers; every test that
+needs a model reuses them."""
 from __future__ import annotations
 
 import json
@@ -28,11 +29,13 @@ def pytest_collection_modifyitems(items) -> None:
     that `pytest -m "not slow"` runs the unit tests alone while developing. Order for pytest-xdist's workers:
     the refiners a module trains for itself first, so that one worker builds the shared nnU-Net models while
     the other trains instead of both waiting on them; the short unit tests last, to fill the end of the run."""
+    def uses_a_model(item) -> bool:
+        return bool(MODEL_FIXTURES & set(getattr(item, "fixturenames", ())))
+
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if uses_a_model(item):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
-                                 bool(MODEL_FIXTURES & set(getattr(item, "fixturenames", ())))))
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, uses_a_model(item)))
 
 
 @dataclass
@@ -69,8 +72,9 @@ def _environment(root: str) -> Dict[str, str]:
     env.update(nnUNet_raw=os.path.join(root, "raw"), nnUNet_preprocessed=os.path.join(root, "preprocessed"),
                nnUNet_results=os.path.join(root, "results"), nnUNet_extTrainer=TRAINER_FOLDER,
                nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", PYTHONUNBUFFERED="1")
-    if _threads_per_worker():
-        env.update(OMP_NUM_THREADS=str(_threads_per_worker()))
+    threads = _threads_per_worker()
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads))
     return env
 
 
@@ -82,10 +86,11 @@ def _threads_per_worker() -> Optional[int]:
 
 
 def pytest_configure(config) -> None:
-    if _threads_per_worker():
+    threads = _threads_per_worker()
+    if threads:
         import torch
 
-        torch.set_num_threads(_threads_per_worker())
+        torch.set_num_threads(threads)
 
 
 def built_once(tmp_path_factory, name: str, build: Callable[[str], None]) -> str:
